@@ -1,0 +1,31 @@
+# kvstate: `make demo` and `make test` work on a fresh clone.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/kvstate: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(BIN)/kvstate
+
+install: $(BIN)/kvstate
+
+demo: install
+	$(BIN)/kvstate demo
+
+test: install
+	$(BIN)/pytest -q -ra
+
+test-fast: install
+	$(BIN)/pytest -q -ra -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
