@@ -6,3 +6,15 @@ and live monitoring.
 """
 
 __version__ = "0.1.0"
+
+from .capture import AttentionCall, KVCapture, UnsupportedModelError
+from .extract import extract
+from .models import MODELS, LoadedModel, from_hf, list_models, load_model
+from .phi import get_phi
+from .result import KVState
+from .state import RecurrentState, linear_attention, parallel_state, readout
+
+__all__ = [
+    "AttentionCall", "KVCapture", "KVState", "LoadedModel", "MODELS", "RecurrentState", "UnsupportedModelError",
+    "extract", "from_hf", "get_phi", "linear_attention", "list_models", "load_model", "parallel_state", "readout",
+]
