@@ -7,12 +7,13 @@ listen to the same attention calls and see the same batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .capture import AttentionCall, KVCapture, UnsupportedModelError, check_supported
+from .layers import select_layers
 from .models import LoadedModel
 from .phi import FeatureMap, get_phi
 from .result import KVState
@@ -87,19 +88,14 @@ class StateRecorder(Recorder):
             self.out[key].append((S, z, n))
 
 
-def check_layers(lm: LoadedModel, layers: Iterable[int] | None) -> list[int]:
-    """Validate layer indices (negative ones count from the end)."""
-    L = lm.num_layers
-    if layers is None:
-        return list(range(L))
+def check_layers(lm: LoadedModel, layers) -> list[int]:
+    """Validate a layer selection: indices, a comma list or a scheme name (see :mod:`kvstate.layers`)."""
     if isinstance(layers, int):
         layers = [layers]
-    out = []
-    for l in layers:
-        if not isinstance(l, int) or not -L <= l < L:
-            raise ValueError(f"bad layer index {l!r}: {lm.name} has {L} layers (0..{L - 1}, or negative from the end)")
-        out.append(l % L)
-    return sorted(set(out))
+    try:
+        return select_layers(layers, lm.num_layers)
+    except ValueError as e:
+        raise ValueError(f"{e} ({lm.name})") from None
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -189,7 +185,7 @@ def extract(
     lm: LoadedModel,
     prompts: Sequence[Any] | Any,
     *,
-    layers: Iterable[int] | int | None = None,
+    layers: Sequence[int] | int | str | None = None,
     phi: str | FeatureMap | Sequence[str | FeatureMap] = "identity",
     rope: str = "post",
     window: str = "full",
