@@ -1,0 +1,17 @@
+"""Labelled prompt suites for kvstate, built locally from data files inside PyPI archives.
+
+Use :func:`list_suites` to see what exists and :func:`load_suite` to get one (or to validate and
+load your own .jsonl/.csv/.parquet file). See ``README.md`` in this folder for sources, licences
+and what could not be obtained offline.
+"""
+
+from .checkers import (answer_match, is_one_word, is_valid_json, language_is_french, mentions,
+                       refusal, reveals_secret, rule_violated)
+from .registry import SUITES, list_suites, load_suite
+from .schema import Item, Suite
+
+__all__ = [
+    "Item", "Suite", "SUITES", "list_suites", "load_suite", "refusal", "answer_match",
+    "language_is_french", "mentions", "is_one_word", "is_valid_json", "reveals_secret",
+    "rule_violated",
+]
