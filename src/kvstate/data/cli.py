@@ -46,7 +46,7 @@ def show_cmd(suite: str = typer.Argument(..., help="Suite name or .jsonl/.csv/.p
              limit: int | None = typer.Option(None, help="Cap the suite first (whole groups)."),
              seed: int = typer.Option(0, help="Seed for splits and the cap.")) -> None:
     """Print a few items of a suite with labels, splits and provenance."""
-    console = Console()
+    console = Console(soft_wrap=True)
     try:
         s = load_suite(suite, limit=limit, seed=seed)
     except ValueError as exc:
