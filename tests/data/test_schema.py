@@ -5,8 +5,7 @@ import warnings
 
 import pytest
 
-from kvstate.data.schema import (Item, Suite, assign_splits, cap, group_split, read_suite,
-                                 write_suite)
+from kvstate.data.schema import Item, Suite, assign_splits, cap, read_suite, write_suite
 
 
 def _suite(n_groups=40, per_group=3, length_is_label=False, label=None):
@@ -29,9 +28,14 @@ def test_groups_never_cross_splits():
     assert {it.split for it in items} == {"train", "test"}
 
 
-def test_split_fraction_roughly_30_percent():
-    test = sum(group_split(f"g{i}", 0) == "test" for i in range(5000))
-    assert 0.27 < test / 5000 < 0.33
+def test_split_fraction_is_30_percent_of_groups():
+    items = _suite(n_groups=20).items
+    for seed in range(3):
+        test_groups = {it.group for it in assign_splits(items, seed) if it.split == "test"}
+        assert len(test_groups) == 6
+    a = [it.split for it in assign_splits(items, 0)]
+    assert a == [it.split for it in assign_splits(items, 0)]
+    assert a != [it.split for it in assign_splits(items, 1)]
 
 
 def test_cap_keeps_whole_groups_and_both_classes():
