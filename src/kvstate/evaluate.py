@@ -1,0 +1,455 @@
+"""Evaluation: metrics, seeded bootstrap CIs, grouped cross-validation, controls, tables.
+
+Every score is "higher = more anomalous/positive" (``kvstate.detect`` contract), so
+AUROC = P(score(positive) > score(negative)). Evaluation never lets a test statistic into
+training: each fold clones the detector (or reduction pipeline) and fits it on that fold's
+training items only (unsupervised detectors: only its normal items), and groups (e.g. the
+paired benign/jailbreak versions of one prompt) never straddle folds.
+
+Examples
+--------
+>>> import numpy as np
+>>> from kvstate.detect import get_detector
+>>> rng = np.random.default_rng(0)
+>>> X = np.vstack([rng.normal(size=(80, 5)), rng.normal(size=(20, 5)) + 3])
+>>> y = np.r_[np.zeros(80, int), np.ones(20, int)]
+>>> res = evaluate_detector(X, y, None, get_detector("mahalanobis"), n_boot=100)
+>>> res.metrics["auroc"] > 0.95
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.stats import rankdata
+from sklearn.base import clone
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedGroupKFold
+
+from kvstate.detect import get_detector, is_supervised
+
+__all__ = [
+    "METRICS",
+    "EvalResult",
+    "bootstrap_ci",
+    "comparison_table",
+    "confound_warnings",
+    "evaluate_detector",
+    "evaluate_length_matched",
+    "length_matched_indices",
+    "metrics",
+    "shuffled_label_control",
+    "transfer_matrix",
+]
+
+MetricFn = Callable[[NDArray[Any], NDArray[np.float64]], float]
+
+
+# --------------------------------------------------------------------------- metrics
+def _check_y_scores(y: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    y = np.asarray(y).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y has {y.size} items, scores {s.size}")
+    if not np.all(np.isin(y, (0, 1))):
+        raise ValueError("y must be 0/1 (1 = positive/anomalous)")
+    if y.min() == y.max():
+        raise ValueError("y needs both classes (0 and 1) for AUROC-type metrics")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN/inf")
+    return y.astype(np.int64), s
+
+
+def _auroc(y: NDArray[Any], s: NDArray[np.float64]) -> float:
+    return float(roc_auc_score(y, s))
+
+
+def _auprc(y: NDArray[Any], s: NDArray[np.float64]) -> float:
+    return float(average_precision_score(y, s))
+
+
+def _tpr_at_fpr(y: NDArray[Any], s: NDArray[np.float64], fpr_max: float = 0.01) -> float:
+    """Largest TPR on the exact ROC curve with FPR <= fpr_max."""
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(tpr[fpr <= fpr_max].max())
+
+
+def _fpr_at_tpr(y: NDArray[Any], s: NDArray[np.float64], tpr_min: float = 0.95) -> float:
+    """Smallest FPR on the exact ROC curve with TPR >= tpr_min."""
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(fpr[tpr >= tpr_min].min())
+
+
+#: metric name -> fn(y, scores); the keys of :func:`metrics`.
+METRICS: dict[str, MetricFn] = {
+    "auroc": _auroc,
+    "auprc": _auprc,
+    "fpr_at_95tpr": _fpr_at_tpr,
+    "tpr_at_1fpr": _tpr_at_fpr,
+}
+
+
+def metrics(y: ArrayLike, scores: ArrayLike) -> dict[str, float]:
+    """AUROC, AUPRC (= sklearn's average precision), FPR at 95% TPR, TPR at 1% FPR.
+
+    The last two read the exact (non-thinned) ROC curve: ``tpr_at_1fpr`` is the max TPR over
+    points with FPR <= 0.01, ``fpr_at_95tpr`` the min FPR over points with TPR >= 0.95.
+    """
+    y_, s = _check_y_scores(y, scores)
+    return {name: fn(y_, s) for name, fn in METRICS.items()}
+
+
+# --------------------------------------------------------------------------- bootstrap
+def _auroc_rows(y: NDArray[np.int64], s: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Mann-Whitney AUROC per row of (n_boot, n) label/score matrices (ties count 1/2)."""
+    ranks = rankdata(s, axis=-1)
+    n1 = y.sum(axis=-1)
+    n0 = y.shape[-1] - n1
+    return ((ranks * y).sum(axis=-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def _roc_fast(y: NDArray[np.int64], s: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(fpr, tpr) at every distinct threshold, as ``roc_curve(drop_intermediate=False)``."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), y.size - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = last + 1 - tps
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+#: bootstrap-speed versions of METRICS (equal values, no input validation per draw).
+_FAST: dict[str, MetricFn] = {
+    "auroc": lambda y, s: float(_auroc_rows(y, s)),
+    "tpr_at_1fpr": lambda y, s: float((lambda f, t: t[f <= 0.01].max())(*_roc_fast(y, s))),
+    "fpr_at_95tpr": lambda y, s: float((lambda f, t: f[t >= 0.95].min())(*_roc_fast(y, s))),
+}
+
+
+def _bootstrap_indices(y: NDArray[np.int64], groups: NDArray[Any] | None, n_boot: int,
+                       rng: np.random.Generator) -> Iterable[NDArray[np.int64]]:
+    """Resample items within each label (or whole groups within "has a positive" strata)."""
+    if groups is None:
+        strata = [np.flatnonzero(y == c) for c in (0, 1)]
+        for _ in range(n_boot):
+            yield np.concatenate([rng.choice(idx, size=idx.size, replace=True) for idx in strata])
+        return
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    by_group = np.argsort(inverse, kind="stable")  # items of group k: by_group[starts[k]:starts[k]+counts[k]]
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    has_pos = np.zeros(counts.size, dtype=np.int64)
+    np.maximum.at(has_pos, inverse, y)
+    strata = [np.flatnonzero(has_pos == c) for c in (0, 1)]
+    for _ in range(n_boot):
+        picked = np.concatenate([rng.choice(st, size=st.size, replace=True) for st in strata if st.size])
+        n_items = counts[picked]
+        offsets = np.arange(n_items.sum()) - np.repeat(np.cumsum(n_items) - n_items, n_items)
+        yield by_group[np.repeat(starts[picked], n_items) + offsets]
+
+
+def bootstrap_ci(y: ArrayLike, scores: ArrayLike, metric: str | MetricFn = "auroc", n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05, groups: ArrayLike | None = None) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of ``metric``, stratified by label.
+
+    With ``groups``, whole groups are resampled (stratified by whether a group holds a
+    positive), so correlated items (paired prompts, turns of one dialogue) are not counted as
+    independent evidence. Draws that lose a class are skipped.
+    """
+    y_, s = _check_y_scores(y, scores)
+    g = None if groups is None else np.asarray(groups).ravel()
+    if g is not None and g.shape != y_.shape:
+        raise ValueError("groups must have one entry per item")
+    fn = _FAST.get(metric, METRICS[metric]) if isinstance(metric, str) else metric
+    rng = np.random.default_rng(seed)
+    stats: list[float] = []
+    if metric == "auroc" and g is None:  # vectorised fast path (same value as roc_auc_score)
+        draws = np.stack(list(_bootstrap_indices(y_, None, n_boot, rng)))
+        for chunk in np.array_split(draws, max(1, n_boot // 100)):
+            stats.extend(_auroc_rows(y_[chunk], s[chunk]).tolist())
+    else:
+        for idx in _bootstrap_indices(y_, g, n_boot, rng):
+            yb = y_[idx]
+            if yb.min() != yb.max():
+                stats.append(fn(yb, s[idx]))
+    if not stats:
+        raise ValueError("every bootstrap draw lost a class; too few groups")
+    lo, hi = np.quantile(np.asarray(stats), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- cross-validation
+@dataclass
+class EvalResult:
+    """Out-of-fold evaluation of one detector on one representation.
+
+    ``scores[i]`` is item i's score from the fold model that never saw it (nor its group).
+    ``metrics`` pool all out-of-fold scores; ``fold_auroc`` are per-fold values.
+    """
+
+    representation: str
+    detector: str
+    scores: NDArray[np.float64]
+    y: NDArray[np.int64]
+    folds: NDArray[np.int64]
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    fold_auroc: list[float]
+    dim: int
+    n_splits: int
+    seed: int
+    supervised: bool
+    params: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, include_scores: bool = False) -> dict[str, Any]:
+        """JSON-serialisable summary (optionally with per-item scores, labels and folds)."""
+        out: dict[str, Any] = {
+            "representation": self.representation,
+            "detector": self.detector,
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+            "ci": {k: [float(lo), float(hi)] for k, (lo, hi) in self.ci.items()},
+            "fold_auroc": [float(a) for a in self.fold_auroc],
+            "dim": int(self.dim),
+            "n": int(self.y.size),
+            "n_pos": int(self.y.sum()),
+            "n_splits": int(self.n_splits),
+            "seed": int(self.seed),
+            "supervised": bool(self.supervised),
+            "params": _jsonable(self.params),
+            "extras": _jsonable(self.extras),
+        }
+        if include_scores:
+            out.update(scores=self.scores.tolist(), y=self.y.tolist(), folds=self.folds.tolist())
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def _describe(estimator: Any) -> tuple[str, dict[str, Any]]:
+    """Short name ("mahalanobis", "pca64+mahalanobis") and flat params of a detector/pipeline."""
+    steps = getattr(estimator, "steps", None)
+    if steps is None:
+        return getattr(estimator, "name", "") or type(estimator).__name__, estimator.get_params(deep=False)
+    parts, params = [], {}
+    for step_name, step in steps:
+        label = getattr(step, "name", "") or type(step).__name__
+        if hasattr(step, "n_components"):
+            label = {"PCAReduce": "pca", "RandomProjection": "rp"}.get(label, label) + str(step.n_components)
+        parts.append(label)
+        params.update({f"{step_name}__{k}": v for k, v in step.get_params(deep=False).items()})
+    return "+".join(parts), params
+
+
+def _as_arrays(X: ArrayLike, y: ArrayLike, groups: ArrayLike | None) -> tuple[NDArray[Any], NDArray[np.int64], NDArray[Any]]:
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_items, n_features), got shape {X.shape}")
+    y_ = np.asarray(y).ravel()
+    if y_.shape[0] != X.shape[0] or not np.all(np.isin(y_, (0, 1))):
+        raise ValueError("y must be 0/1 with one label per row of X")
+    g = np.arange(X.shape[0]) if groups is None else np.asarray(groups).ravel()
+    if g.shape[0] != X.shape[0]:
+        raise ValueError("groups must have one entry per row of X")
+    return X, y_.astype(np.int64), g
+
+
+def _fit_fold(detector: Any, X: NDArray[Any], y: NDArray[np.int64], train: NDArray[np.int64],
+              unsupervised_train: Literal["normal", "all"]) -> Any:
+    est = clone(detector)
+    if is_supervised(est):
+        return est.fit(X[train], y[train])
+    if unsupervised_train == "normal":
+        train = train[y[train] == 0]
+    elif unsupervised_train != "all":
+        raise ValueError(f"unsupervised_train must be 'normal' or 'all', got {unsupervised_train!r}")
+    return est.fit(X[train])
+
+
+def evaluate_detector(X: ArrayLike, y: ArrayLike, groups: ArrayLike | None, detector: Any, *,
+                      n_splits: int = 5, seed: int = 0,
+                      unsupervised_train: Literal["normal", "all"] = "normal",
+                      n_boot: int = 1000, alpha: float = 0.05,
+                      ci_metrics: Iterable[str] = ("auroc", "tpr_at_1fpr"),
+                      representation: str = "") -> EvalResult:
+    """Grouped, stratified K-fold out-of-fold scores, pooled metrics and bootstrap CIs.
+
+    Per fold a ``clone`` of ``detector`` (a detector, a ``detector_pipeline`` or a registry
+    name) is fitted on the training part only: supervised ones on all its items, unsupervised
+    ones on its label-0 items (``unsupervised_train="normal"``) or all of them ("all",
+    the contaminated setting). ``groups=None`` treats every item as its own group.
+    """
+    X_, y_, g = _as_arrays(X, y, groups)
+    if isinstance(detector, str):
+        detector = get_detector(detector)
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    scores = np.full(y_.size, np.nan)
+    folds = np.full(y_.size, -1, dtype=np.int64)
+    fold_auroc: list[float] = []
+    for k, (train, test) in enumerate(cv.split(X_, y_, g)):
+        shared = np.intersect1d(g[train], g[test])
+        assert shared.size == 0, f"fold {k}: groups {shared[:5]} in both train and test"
+        est = _fit_fold(detector, X_, y_, train, unsupervised_train)
+        scores[test] = est.decision_function(X_[test])
+        folds[test] = k
+        if np.unique(y_[test]).size == 2:
+            fold_auroc.append(_auroc(y_[test], scores[test]))
+    assert np.all(folds >= 0), "some items were never scored"
+    m = metrics(y_, scores)
+    boot_groups = None if groups is None else g
+    ci = {name: bootstrap_ci(y_, scores, name, n_boot=n_boot, seed=seed, alpha=alpha, groups=boot_groups)
+          for name in ci_metrics}
+    name, params = _describe(detector)
+    return EvalResult(representation=representation, detector=name, scores=scores, y=y_, folds=folds,
+                      metrics=m, ci=ci, fold_auroc=fold_auroc, dim=int(X_.shape[1]), n_splits=n_splits,
+                      seed=seed, supervised=is_supervised(detector), params=params)
+
+
+# --------------------------------------------------------------------------- controls
+def length_matched_indices(lengths: ArrayLike, y: ArrayLike, seed: int = 0, n_bins: int = 10) -> NDArray[np.int64]:
+    """Indices of a subset whose two classes have matched length distributions.
+
+    Lengths are cut into ``n_bins`` quantile bins; in each bin the larger class is subsampled
+    (seeded, without replacement) to the smaller one's count, and bins holding one class are
+    dropped. On this subset a detector cannot win by reading length alone.
+    """
+    lengths_ = np.asarray(lengths, dtype=np.float64).ravel()
+    y_ = np.asarray(y).ravel()
+    if lengths_.shape != y_.shape:
+        raise ValueError("lengths and y must have the same length")
+    edges = np.unique(np.quantile(lengths_, np.linspace(0.0, 1.0, n_bins + 1)))
+    bins = np.searchsorted(edges[1:-1], lengths_, side="right")
+    rng = np.random.default_rng(seed)
+    keep: list[NDArray[np.int64]] = []
+    for b in np.unique(bins):
+        pos = np.flatnonzero((bins == b) & (y_ == 1))
+        neg = np.flatnonzero((bins == b) & (y_ == 0))
+        m = min(pos.size, neg.size)
+        if m:
+            keep += [rng.choice(pos, m, replace=False), rng.choice(neg, m, replace=False)]
+    if not keep:
+        raise ValueError("no length bin holds both classes: lengths alone separate the labels")
+    return np.sort(np.concatenate(keep))
+
+
+def evaluate_length_matched(X: ArrayLike, y: ArrayLike, groups: ArrayLike | None, lengths: ArrayLike,
+                            detector: Any, *, n_bins: int = 10, seed: int = 0, **kwargs: Any) -> EvalResult:
+    """:func:`evaluate_detector` on the :func:`length_matched_indices` subset.
+
+    ``extras`` records the subset size and the length-only AUROC on it (should be ~0.5).
+    """
+    X_, y_, g = _as_arrays(X, y, groups)
+    idx = length_matched_indices(lengths, y_, seed=seed, n_bins=n_bins)
+    res = evaluate_detector(X_[idx], y_[idx], None if groups is None else g[idx], detector, seed=seed, **kwargs)
+    length_auroc = _auroc(y_[idx], np.asarray(lengths, dtype=np.float64)[idx])
+    res.extras.update(length_matched=True, n_matched=int(idx.size), n_total=int(y_.size),
+                      length_auroc=length_auroc, indices=idx)
+    return res
+
+
+def shuffled_label_control(X: ArrayLike, y: ArrayLike, groups: ArrayLike | None, detector: Any, *,
+                           n_permutations: int = 5, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """Out-of-fold AUROC with randomly permuted labels: should be ~0.5 for a sound pipeline.
+
+    A value far from 0.5 means the evaluation itself leaks (or groups are mis-specified).
+    """
+    X_, y_, g = _as_arrays(X, y, groups)
+    rng = np.random.default_rng(seed)
+    aurocs = []
+    for i in range(n_permutations):
+        y_perm = rng.permutation(y_)
+        res = evaluate_detector(X_, y_perm, groups if groups is None else g, detector, seed=seed + i,
+                                n_boot=1, ci_metrics=(), **kwargs)
+        aurocs.append(res.metrics["auroc"])
+    return {"auroc_mean": float(np.mean(aurocs)), "auroc_std": float(np.std(aurocs)), "aurocs": aurocs}
+
+
+def confound_warnings(lengths: ArrayLike | None, y: ArrayLike, *, threshold: float = 0.7,
+                      controls: Mapping[str, ArrayLike] | None = None) -> list[str]:
+    """Warnings for controls (length, and any in ``controls``) that alone predict the label.
+
+    A control with separability max(AUROC, 1 - AUROC) > ``threshold`` means a detector can score
+    well without reading the concept; report length-matched results alongside.
+    """
+    y_ = np.asarray(y).ravel()
+    named: dict[str, ArrayLike] = {} if lengths is None else {"length": lengths}
+    named.update(controls or {})
+    out = []
+    for name, values in named.items():
+        a = _auroc(y_, np.asarray(values, dtype=np.float64).ravel())
+        sep = max(a, 1.0 - a)
+        if sep > threshold:
+            out.append(f"confound: {name} alone separates the labels (AUROC {a:.3f}, max(a,1-a)={sep:.3f} > "
+                       f"{threshold}); compare against a {name}-matched evaluation")
+    return out
+
+
+def transfer_matrix(datasets: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike | None]], detector: Any, *,
+                    unsupervised_train: Literal["normal", "all"] = "normal",
+                    diagonal: Literal["cv", "nan"] = "cv", n_splits: int = 5, seed: int = 0) -> pd.DataFrame:
+    """AUROC of a detector fitted on one dataset (rows) and scored on another (columns).
+
+    Off-diagonal cells fit on the whole training dataset (its normal items, if unsupervised)
+    and score every item of the test dataset. The diagonal would be in-sample, so it is the
+    grouped cross-validated AUROC (``diagonal="cv"``) or NaN.
+    """
+    if isinstance(detector, str):
+        detector = get_detector(detector)
+    names = list(datasets)
+    data = {n: _as_arrays(*datasets[n]) for n in names}
+    table = pd.DataFrame(np.nan, index=pd.Index(names, name="train"), columns=pd.Index(names, name="test"))
+    for src in names:
+        Xs, ys, _ = data[src]
+        est = _fit_fold(detector, Xs, ys, np.arange(ys.size), unsupervised_train)
+        for dst in names:
+            if dst == src:
+                if diagonal == "cv":
+                    table.loc[src, dst] = evaluate_detector(
+                        *datasets[src], detector, n_splits=n_splits, seed=seed,
+                        unsupervised_train=unsupervised_train, n_boot=1, ci_metrics=()).metrics["auroc"]
+                continue
+            Xd, yd, _ = data[dst]
+            table.loc[src, dst] = _auroc(yd, est.decision_function(Xd))
+    return table
+
+
+# --------------------------------------------------------------------------- reporting
+def comparison_table(results: Iterable[EvalResult] | Mapping[Any, EvalResult]) -> pd.DataFrame:
+    """One row per (representation, detector): AUROC with CI, AUPRC, TPR@1%FPR, FPR@95%TPR, dim, n.
+
+    ``df.to_dict(orient="records")`` is JSON-serialisable; use ``EvalResult.to_dict`` for more.
+    """
+    items = list(results.values()) if isinstance(results, Mapping) else list(results)
+    rows = []
+    for r in items:
+        row: dict[str, Any] = {"representation": r.representation, "detector": r.detector}
+        row.update({k: float(v) for k, v in r.metrics.items()})
+        for k, (lo, hi) in r.ci.items():
+            row[f"{k}_lo"], row[f"{k}_hi"] = float(lo), float(hi)
+        row.update(dim=int(r.dim), n=int(r.y.size), n_pos=int(r.y.sum()), n_splits=int(r.n_splits),
+                   supervised=bool(r.supervised))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    first = ["representation", "detector", "auroc", "auroc_lo", "auroc_hi", "auprc", "tpr_at_1fpr",
+             "tpr_at_1fpr_lo", "tpr_at_1fpr_hi", "fpr_at_95tpr", "dim", "n", "n_pos", "n_splits", "supervised"]
+    cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
+    return df[cols].sort_values(["representation", "detector"], kind="stable").reset_index(drop=True)
