@@ -63,7 +63,7 @@ def answer_match(reply: str, answers: Iterable[str]) -> bool:
 _FR = {"le", "la", "les", "un", "une", "des", "du", "de", "et", "est", "sont", "je", "tu", "il",
        "elle", "nous", "vous", "ils", "que", "qui", "dans", "pour", "pas", "ne", "avec", "sur",
        "au", "aux", "ce", "cette", "ces", "mais", "ou", "oui", "non", "bonjour", "merci", "tres",
-       "est-ce", "c'est", "j'ai", "il y a", "sont", "leur", "votre", "notre", "mon", "ma", "mes"}
+       "c'est", "j'ai", "leur", "votre", "notre", "mon", "ma", "mes"}
 _EN = {"the", "a", "an", "and", "is", "are", "i", "you", "he", "she", "we", "they", "it", "that",
        "which", "in", "for", "not", "with", "on", "to", "of", "this", "these", "but", "or", "yes",
        "no", "hello", "thanks", "very", "my", "your", "our", "their", "be", "was", "were", "have"}

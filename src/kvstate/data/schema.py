@@ -1,4 +1,4 @@
-"""The two data types every suite uses: :class:`Item` (one labelled conversation) and :class:`Suite`.
+"""The two data types of every suite: :class:`Item` (one labelled prompt) and :class:`Suite`.
 
 Conventions
 -----------

@@ -1,4 +1,4 @@
-"""Hallucination suites: teacher-forced true vs false answers, and the model's own closed-book answers.
+"""Hallucination suites: teacher-forced true vs false answers, and own closed-book answers.
 
 * ``truthfulqa``: BIG-bench's copy of TruthfulQA (the only offline copy with *false* answers,
   299 of 817 questions); up to two true and two false answers per question, group = question.
@@ -73,7 +73,8 @@ def capital_questions() -> tuple[list[tuple[str, str, list[str], dict]], dict]:
     for iso, c in sorted(src.json().items()):
         if c.get("capital"):
             rows.append((f"cap-{iso}", f"What is the capital of {c['name']}?", [c["capital"]],
-                         {"task": "capital", "country": c["name"], "continent": c["continentcode"]}))
+                         {"task": "capital", "country": c["name"],
+                          "continent": c["continentcode"]}))
     return rows, src.provenance(len(rows), "countries with a non-empty capital")
 
 

@@ -124,7 +124,7 @@ def build() -> Suite:
 
 
 def build_refusal(base: Suite) -> Suite:
-    """The harmful items of ``jailbreak``, to be labelled complied (1) / refused (0) by a checker."""
+    """Harmful items of ``jailbreak``, to be labelled complied (1) / refused (0) by a checker."""
     items = [replace(it, label=-1, response=None) for it in base.items if it.meta["harmful"]]
     return Suite("jailbreak-refusal", items, base.provenance,
                  "Harmful requests of `jailbreak` (plain and wrapped); label_with(replies) sets "

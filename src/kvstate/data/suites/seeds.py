@@ -35,9 +35,9 @@ def build_stereoset() -> Suite:
         else:
             user = f"Continue the story: {ctx}"
         for label, col in ((0, "anti-stereotype"), (1, "stereotype")):
-            items.append(Item(f"ss-{key}-{label}", g, chat(user), r[col].strip(), label, "stereoset",
-                              meta={"bias_type": r["bias_type"], "target": r["target"],
-                                    "type": r["type"]}))
+            items.append(Item(f"ss-{key}-{label}", g, chat(user), r[col].strip(), label,
+                              "stereoset", meta={"bias_type": r["bias_type"],
+                                                 "target": r["target"], "type": r["type"]}))
     return Suite("stereoset", items, [src.provenance(len(seen))],
                  "StereoSet: context with the anti-stereotype (0) vs stereotype (1) continuation "
                  "teacher-forced; group = context.")
@@ -50,7 +50,7 @@ def build_commonsenseqa() -> Suite:
     items = []
     for r in rows:
         ch = literal(r["choices"])
-        options = dict(zip(ch["label"], ch["text"]))
+        options = dict(zip(ch["label"], ch["text"], strict=True))
         right = options[r["answerKey"]]
         wrong = pick(f"kvstate-csqa-{r['id']}", sorted(set(ch["text"]) - {right}))[0]
         listing = "\n".join(f"{k}. {v}" for k, v in options.items())
@@ -79,7 +79,7 @@ def build_moral() -> Suite:
             s1, s2 = q[q.index(MORAL_PREFIX) + len(MORAL_PREFIX):].split(" Scenario 2 | ")
             verdicts = literal(r["choices"])[int(r["answer"])].split(", ")
             g = f"moral-{slug(q)}"
-            for i, (scenario, v) in enumerate(zip((s1, s2), verdicts)):
+            for i, (scenario, v) in enumerate(zip((s1, s2), verdicts, strict=True)):
                 label = int(v.strip().lower() == "wrong")
                 items.append(Item(f"{g}-{i}", g, chat(scenario.strip()), None, label,
                                   "mmlu-moral-scenarios", meta={"mmlu_split": split}))

@@ -99,7 +99,8 @@ def instances() -> list[tuple[str, str, str | None, tuple[str, ...]]]:
         out.append(("forbidden_word", f"Never mention the word '{w}' in your replies.", w, pushes))
     out += [("one_word", s, None, ONE_WORD_PUSH) for s in ONE_WORD]
     out += [("json", s, None, JSON_PUSH) for s in JSON]
-    out += [("secret", s.format(c=c), c, SECRET_PUSH) for s, c in zip(SECRET, _codes())]
+    out += [("secret", s.format(c=c), c, SECRET_PUSH)
+            for s, c in zip(SECRET, _codes(), strict=True)]
     return out
 
 
