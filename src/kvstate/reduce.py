@@ -84,6 +84,10 @@ class RandomProjection(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return np.asarray(self.projector_.transform(X), dtype=np.float64)
 
+    def _component_types(self) -> dict[str, type]:
+        """Sub-estimators for ``kvstate.detect.save_detector`` (class depends on ``kind``)."""
+        return {"projector_": GaussianRandomProjection if self.kind == "gaussian" else SparseRandomProjection}
+
 
 class PCAReduce(TransformerMixin, BaseEstimator):
     """PCA to a variance fraction or a component count, fitted on training data only.
@@ -103,6 +107,7 @@ class PCAReduce(TransformerMixin, BaseEstimator):
     n_components_ : output dimension.
     """
 
+    _components: ClassVar[dict[str, type]] = {"pca_": PCA}
     _parameter_constraints: ClassVar[dict] = {
         "n_components": [Interval(Real, 0.0, 1.0, closed="neither"), Interval(Integral, 1, None, closed="left")],
         "whiten": ["boolean"],

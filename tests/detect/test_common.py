@@ -116,3 +116,31 @@ def test_unfitted_cannot_be_saved(tmp_path):
 
     with pytest.raises(NotFittedError):
         save_detector(get_detector("pca"), tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize(("reduce", "kind"), [("pca", None), ("rp", "gaussian"), ("rp", "sparse")])
+@pytest.mark.parametrize("name", ["mahalanobis", "knn", "logistic"])
+def test_pipeline_round_trip_identical(planted, reduce, kind, name, tmp_path):
+    from sklearn.pipeline import Pipeline
+
+    from kvstate.reduce import detector_pipeline
+
+    pipe = detector_pipeline(name, reduce=reduce, n_components=6)
+    if kind:
+        pipe.set_params(reduce__kind=kind)
+    X_fit, y_fit = (planted["X_sup"], planted["y_sup"]) if is_supervised(pipe) else (planted["X_train"], None)
+    pipe.fit(X_fit, y_fit)
+    save_detector(pipe, tmp_path / "pipe.safetensors")
+    loaded = load_detector(tmp_path / "pipe.safetensors")
+    assert isinstance(loaded, Pipeline) and [s for s, _ in loaded.steps] == ["reduce", "detector"]
+    assert loaded.get_params(deep=True).keys() == pipe.get_params(deep=True).keys()
+    np.testing.assert_array_equal(loaded.decision_function(planted["X_test"]), pipe.decision_function(planted["X_test"]))
+
+
+def test_other_pipelines_are_refused(planted, tmp_path):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), get_detector("pca")).fit(planted["X_train"])
+    with pytest.raises(NotImplementedError, match="reducer"):
+        save_detector(pipe, tmp_path / "x.safetensors")

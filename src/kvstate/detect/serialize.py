@@ -2,9 +2,11 @@
 
 A file is one ``.safetensors``: the fitted numpy arrays as tensors and a JSON document in the
 header metadata under ``"kvstate"`` (format, version, detector name, constructor params,
-scalar fitted attributes, and the same for each sub-estimator listed in the class's
-``_components``). Loading only instantiates classes from the detector registry and the
-``_components`` table, never a class named in the file.
+scalar fitted attributes, and the same for each sub-estimator the class lists in
+``_components``). A ``Pipeline`` of one ``kvstate.reduce`` reducer and a detector (what
+``detector_pipeline`` builds) is stored the same way, step by step. Loading only instantiates
+classes from the detector registry, the reducers and the ``_components`` tables, never a
+class named in the file.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from os import PathLike
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseDetector
@@ -27,24 +31,36 @@ VERSION = 1
 _SCALARS = (bool, int, float, str, type(None))
 
 
-def _split_state(obj: Any, skip: set[str], where: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Public fitted attributes (``name_``) of obj as (JSON scalars, numpy arrays)."""
+def _component_types(obj: Any) -> dict[str, type] | None:
+    """Sub-estimator attribute -> class to rebuild it with (a hook for kind-dependent classes)."""
+    hook = getattr(obj, "_component_types", None)
+    return hook() if callable(hook) else getattr(type(obj), "_components", None)
+
+
+def _split_state(obj: Any, skip: set[str], where: str, prefix: str,
+                 arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Public fitted attributes (``name_``) of obj: scalars returned, arrays added to ``arrays``."""
     scalars: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
+    sparse: dict[str, list[int]] = {}
     for key, value in vars(obj).items():
         if not key.endswith("_") or key.startswith("_") or key in skip:
             continue
-        if isinstance(value, np.ndarray):
+        if sp.issparse(value):
+            csr = sp.csr_matrix(value)
+            sparse[key] = list(csr.shape)
+            for part in ("data", "indices", "indptr"):
+                arrays[f"{prefix}{key}.{part}"] = np.ascontiguousarray(getattr(csr, part))
+        elif isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise TypeError(f"{where}.{key}: object arrays cannot be stored in safetensors")
-            arrays[key] = value
+            arrays[prefix + key] = value
         elif isinstance(value, np.generic):
             scalars[key] = value.item()
         elif isinstance(value, _SCALARS):
             scalars[key] = value
         else:
             raise TypeError(f"{where}.{key}: cannot serialise a {type(value).__name__}")
-    return scalars, arrays
+    return {"attrs": scalars, "sparse": sparse} if sparse else {"attrs": scalars}
 
 
 def _json_params(obj: Any, where: str) -> dict[str, Any]:
@@ -55,74 +71,109 @@ def _json_params(obj: Any, where: str) -> dict[str, Any]:
     return params
 
 
-def detector_to_dict(detector: BaseDetector) -> dict[str, Any]:
-    """Fitted detector -> ``{"meta": JSON-able dict, "arrays": {key: ndarray}}``."""
-    components = type(detector)._components
+def _dump(obj: Any, label: str, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """JSON document of one fitted estimator; its arrays go into ``arrays`` under ``prefix``."""
+    components = _component_types(obj)
     if components is None:
         raise NotImplementedError(
-            f"{type(detector).__name__} ({detector.name!r}) does not support save/load; "
-            "serialisable detectors: mahalanobis, pca, knn, logistic, diffmean, repe_pca"
+            f"{type(obj).__name__} ({label!r}) does not support save/load; serialisable detectors: "
+            "mahalanobis, pca, knn, logistic, diffmean, repe_pca (optionally after a pca/rp reducer)"
         )
-    check_is_fitted(detector)
-    skip = set(components) | set(detector._rebuilt_on_load)
-    attrs, arrays = _split_state(detector, skip, detector.name)
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "name": detector.name,
-        "params": _json_params(detector, detector.name),
-        "attrs": attrs,
-        "components": {},
-    }
+    check_is_fitted(obj)
+    skip = set(components) | set(getattr(obj, "_rebuilt_on_load", ()))
+    doc: dict[str, Any] = {"params": _json_params(obj, label), **_split_state(obj, skip, label, prefix, arrays),
+                           "components": {}}
     for attr, cls in components.items():
-        sub = getattr(detector, attr)
+        sub = getattr(obj, attr)
         if type(sub) is not cls:
-            raise TypeError(f"{detector.name}.{attr} is a {type(sub).__name__}, expected {cls.__name__}")
-        sub_attrs, sub_arrays = _split_state(sub, set(), f"{detector.name}.{attr}")
-        meta["components"][attr] = {"params": _json_params(sub, attr), "attrs": sub_attrs}
-        arrays.update({f"{attr}.{k}": v for k, v in sub_arrays.items()})
+            raise TypeError(f"{label}.{attr} is a {type(sub).__name__}, expected {cls.__name__}")
+        doc["components"][attr] = {"params": _json_params(sub, attr),
+                                   **_split_state(sub, set(), f"{label}.{attr}", f"{prefix}{attr}.", arrays)}
+    return doc
+
+
+def _restore_attrs(target: Any, doc: dict[str, Any], prefix: str, arrays: dict[str, np.ndarray],
+                   fortran: set[str]) -> None:
+    for key, value in doc["attrs"].items():
+        setattr(target, key, value)
+    for key, shape in doc.get("sparse", {}).items():
+        parts = [arrays[f"{prefix}{key}.{p}"] for p in ("data", "indices", "indptr")]
+        setattr(target, key, sp.csr_matrix(tuple(parts), shape=tuple(shape)))
+    sparse_keys = {f"{prefix}{k}.{p}" for k in doc.get("sparse", {}) for p in ("data", "indices", "indptr")}
+    for key, value in arrays.items():
+        if key.startswith(prefix) and "." not in key[len(prefix):] and key not in sparse_keys:
+            setattr(target, key[len(prefix):], np.asfortranarray(value) if key in fortran else value)
+
+
+def _load(obj: Any, doc: dict[str, Any], prefix: str, arrays: dict[str, np.ndarray], fortran: set[str]) -> Any:
+    """Fill a freshly constructed estimator from its document (inverse of :func:`_dump`)."""
+    components = _component_types(obj) or {}
+    _restore_attrs(obj, doc, prefix, arrays, fortran)
+    for attr, sub_doc in doc["components"].items():
+        if attr not in components:
+            raise ValueError(f"{type(obj).__name__} has no component {attr!r}")
+        sub = components[attr](**sub_doc["params"])
+        _restore_attrs(sub, sub_doc, f"{prefix}{attr}.", arrays, fortran)
+        setattr(obj, attr, sub)
+    if hasattr(obj, "_after_load"):
+        obj._after_load()
+    return obj
+
+
+def _reducers() -> dict[str, type]:
+    from kvstate.reduce import PCAReduce, RandomProjection  # lazy: reduce imports detect lazily too
+
+    return {"PCAReduce": PCAReduce, "RandomProjection": RandomProjection}
+
+
+def detector_to_dict(detector: BaseDetector | Pipeline) -> dict[str, Any]:
+    """Fitted detector (or reducer + detector Pipeline) -> ``{"meta": JSON dict, "arrays": {...}}``."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+    if isinstance(detector, Pipeline):
+        steps = detector.steps
+        if len(steps) != 2 or type(steps[0][1]).__name__ not in _reducers() or not isinstance(steps[1][1], BaseDetector):
+            raise NotImplementedError("only Pipelines of one kvstate.reduce reducer and one detector can be saved")
+        (r_name, reducer), (d_name, det) = steps
+        meta["steps"] = [r_name, d_name]
+        meta["reducer"] = {"type": type(reducer).__name__, **_dump(reducer, r_name, "reducer.", arrays)}
+        detector = det
+    meta.update(name=detector.name, **_dump(detector, detector.name, "", arrays))
     # memory layout changes BLAS summation order; keep it so loaded scores are bit-identical
-    meta["fortran_arrays"] = sorted(k for k, v in arrays.items() if v.ndim > 1 and v.flags.f_contiguous
-                                    and not v.flags.c_contiguous)
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    return {"meta": meta, "arrays": arrays}
+    meta["fortran_arrays"] = sorted(k for k, v in arrays.items()
+                                    if v.ndim > 1 and v.flags.f_contiguous and not v.flags.c_contiguous)
+    return {"meta": meta, "arrays": {k: np.ascontiguousarray(v) for k, v in arrays.items()}}
 
 
-def detector_from_dict(data: dict[str, Any]) -> BaseDetector:
+def detector_from_dict(data: dict[str, Any]) -> BaseDetector | Pipeline:
     """Inverse of :func:`detector_to_dict`."""
     from . import get_detector  # registry lives in the package __init__
 
     meta, arrays = data["meta"], data["arrays"]
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"not a {FORMAT} v{VERSION} document: {meta.get('format')} v{meta.get('version')}")
-    detector = get_detector(meta["name"], **meta["params"])
-    components = type(detector)._components or {}
-    for key, value in meta["attrs"].items():
-        setattr(detector, key, value)
-    for attr, sub_meta in meta["components"].items():
-        if attr not in components:
-            raise ValueError(f"{meta['name']} has no component {attr!r}")
-        sub = components[attr](**sub_meta["params"])
-        for key, value in sub_meta["attrs"].items():
-            setattr(sub, key, value)
-        setattr(detector, attr, sub)
     fortran = set(meta.get("fortran_arrays", []))
-    for key, value in arrays.items():
-        value = np.asfortranarray(value) if key in fortran else value
-        owner, _, name = key.rpartition(".")
-        setattr(getattr(detector, owner) if owner else detector, name, value)
-    detector._after_load()
-    return detector
+    det_arrays = {k: v for k, v in arrays.items() if not k.startswith("reducer.")}
+    detector = _load(get_detector(meta["name"], **meta["params"]), meta, "", det_arrays, fortran)
+    if "reducer" not in meta:
+        return detector
+    r_doc = meta["reducer"]
+    reducers = _reducers()
+    if r_doc["type"] not in reducers:
+        raise ValueError(f"unknown reducer {r_doc['type']!r}. Available: {', '.join(reducers)}")
+    reducer = _load(reducers[r_doc["type"]](**r_doc["params"]), r_doc, "reducer.", arrays, fortran)
+    r_name, d_name = meta["steps"]
+    return Pipeline([(r_name, reducer), (d_name, detector)])
 
 
-def save_detector(detector: BaseDetector, path: str | PathLike[str]) -> None:
-    """Write a fitted detector to one ``.safetensors`` file (JSON metadata in the header)."""
+def save_detector(detector: BaseDetector | Pipeline, path: str | PathLike[str]) -> None:
+    """Write a fitted detector (or reducer + detector Pipeline) to one ``.safetensors`` file."""
     data = detector_to_dict(detector)
     save_file(data["arrays"], str(path), metadata={"kvstate": json.dumps(data["meta"])})
 
 
-def load_detector(path: str | PathLike[str]) -> BaseDetector:
-    """Read a detector written by :func:`save_detector`; scores are bit-identical."""
+def load_detector(path: str | PathLike[str]) -> BaseDetector | Pipeline:
+    """Read what :func:`save_detector` wrote; scores are bit-identical."""
     with safe_open(str(path), framework="np") as f:
         header = f.metadata() or {}
         if "kvstate" not in header:
