@@ -83,3 +83,11 @@ def test_make_reducer_errors():
         make_reducer("umap")
     with pytest.raises(ValueError, match="int n_components"):
         make_reducer("rp", n_components=0.9)
+
+
+@pytest.mark.parametrize("reducer", [RandomProjection(n_components=8), PCAReduce(n_components=8)])
+def test_float32_input_accepted(reducer):
+    X32 = X_WIDE.astype(np.float32)
+    Z = clone(reducer).fit(X32).transform(X32)
+    assert Z.dtype == np.float64 and Z.shape == (60, 8)
+    np.testing.assert_allclose(Z, clone(reducer).fit(X_WIDE).transform(X_WIDE), rtol=1e-3, atol=1e-3)

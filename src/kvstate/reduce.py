@@ -9,6 +9,8 @@ own projection and no test statistic leaks into training:
   (data-independent: nothing to leak, cheap at any width).
 - :class:`PCAReduce`: principal components of the training data (data-dependent).
 
+float32 input is accepted without an up-cast copy (wide states are big); output is float64.
+
 Examples
 --------
 >>> import numpy as np
@@ -71,7 +73,7 @@ class RandomProjection(TransformerMixin, BaseEstimator):
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> RandomProjection:
         """Draw the projection matrix for X's width (X's values are not used)."""
         self._validate_params()
-        X = validate_data(self, X, dtype=np.float64)
+        X = validate_data(self, X, dtype=(np.float64, np.float32))
         k = int(min(self.n_components, X.shape[1]))
         cls = GaussianRandomProjection if self.kind == "gaussian" else SparseRandomProjection
         kwargs: dict[str, Any] = {"dense_output": True} if self.kind == "sparse" else {}
@@ -81,7 +83,7 @@ class RandomProjection(TransformerMixin, BaseEstimator):
 
     def transform(self, X: ArrayLike) -> NDArray[np.float64]:
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
         return np.asarray(self.projector_.transform(X), dtype=np.float64)
 
     def _component_types(self) -> dict[str, type]:
@@ -123,7 +125,7 @@ class PCAReduce(TransformerMixin, BaseEstimator):
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> PCAReduce:
         """Fit the principal axes on X (the training fold)."""
         self._validate_params()
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), ensure_min_samples=2)
         k = self.n_components
         if isinstance(k, Integral) and not isinstance(k, bool):
             k = int(min(k, *X.shape))
@@ -133,8 +135,8 @@ class PCAReduce(TransformerMixin, BaseEstimator):
 
     def transform(self, X: ArrayLike) -> NDArray[np.float64]:
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return self.pca_.transform(X)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return np.asarray(self.pca_.transform(X), dtype=np.float64)
 
 
 def make_reducer(reduce: Literal["pca", "rp"], n_components: int | float = 64,
