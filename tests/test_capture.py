@@ -153,3 +153,21 @@ def test_two_reads_in_one_pass_equal_separate_passes():
     prompt_only = kvstate.extract(lm, [{"messages": p["messages"]}])
     torch.testing.assert_close(both.S[0, 0], prompt_only.S[0, 0], atol=1e-4, rtol=1e-4)
     assert both.n[0, 0, 0] < both.n[0, 1, 0]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_recomputed_attention_probs_equal_eager_weights(arch, side):
+    lm = tiny_model(arch)
+    b = _batch(lm, PROMPTS, side)
+    calls = []
+    with torch.inference_mode(), KVCapture(lm.model, calls.append):
+        _forward(lm, b)
+    lm.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            eager = _forward(lm, b, output_attentions=True).attentions
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+    real = b.attention_mask.bool()[:, None, :, None]  # compare rows of real query tokens only
+    for c, ref in zip(calls, eager):
+        torch.testing.assert_close(c.probs().masked_fill(~real, 0), ref.masked_fill(~real, 0), atol=1e-5, rtol=1e-4)

@@ -37,6 +37,7 @@ class AttentionCall:
     value: torch.Tensor  # (B, H_kv, T_kv, d_v)
     output: torch.Tensor  # (B, q_len, H_q, d_v), before o_proj
     kwargs: dict = field(default_factory=dict)
+    mask: torch.Tensor | None = None  # what the attention function got: None (causal), bool or additive
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -48,6 +49,30 @@ class AttentionCall:
         """Window of this layer if it is a sliding-window layer, else None."""
         w = self.kwargs.get("sliding_window", getattr(self.module, "sliding_window", None))
         return int(w) if w else None
+
+    def probs(self) -> torch.Tensor:
+        """Softmax attention weights (B, H_q, q_len, T_kv) recomputed from q, k and the mask.
+
+        sdpa does not return its weights; this costs O(T^2) per head and is only for recorders
+        that need attention mass (attention-weighted states, LLM-Check scores).
+        """
+        rep = self.query.shape[1] // self.key.shape[1]
+        k = self.key.repeat_interleave(rep, dim=1).float()
+        scale = self.kwargs.get("scaling") or getattr(self.module, "scaling", None) or self.query.shape[-1] ** -0.5
+        scores = (self.query.float() @ k.transpose(-1, -2)) * scale
+        softcap = getattr(self.module, "attn_logit_softcapping", None) or self.kwargs.get("softcap")
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        T_kv, q_len = k.shape[2], self.q_len
+        if self.mask is None:
+            i = torch.arange(q_len, device=scores.device)[:, None] + (T_kv - q_len)
+            allowed = torch.arange(T_kv, device=scores.device)[None, :] <= i
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        elif self.mask.dtype == torch.bool:
+            scores = scores.masked_fill(~self.mask[..., -q_len:, :T_kv], float("-inf"))
+        else:
+            scores = scores + self.mask[..., -q_len:, :T_kv].float()
+        return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
     def new_values(self) -> torch.Tensor:
         """Values of the tokens of this forward call (the last q_len cache positions)."""
@@ -106,7 +131,7 @@ def _make_wrapper(inner: str) -> Callable:
         out = _inner_function(inner, module)(module, query, key, value, attention_mask, **kwargs)
         capture = _ACTIVE.get()
         if capture is not None and getattr(module, "layer_idx", None) is not None:
-            capture._record(module, query, key, value, out[0], kwargs)
+            capture._record(module, query, key, value, out[0], attention_mask, kwargs)
         return out
 
     kvstate_attention.__name__ = f"{PREFIX}{inner}"
@@ -152,6 +177,7 @@ class KVCapture:
         inner = self._previous.removeprefix(PREFIX) if self._previous else "sdpa"
         self.model.set_attn_implementation(register(inner))
         self._positions: dict[int, tuple] = {}
+        self._module_ids = {id(m) for m in self.model.modules()}
         self._hooks = [
             m.register_forward_pre_hook(self._remember_positions, with_kwargs=True)
             for m in self.model.modules()
@@ -171,8 +197,10 @@ class KVCapture:
         if pe is not None:
             self._positions[id(module)] = pe
 
-    def _record(self, module, query, key, value, output, kwargs) -> None:
+    def _record(self, module, query, key, value, output, mask, kwargs) -> None:
+        if id(module) not in self._module_ids:  # another model running inside this context
+            return
         call = AttentionCall(
-            int(module.layer_idx), module, query, key, value, output, kwargs, self._positions.get(id(module))
+            int(module.layer_idx), module, query, key, value, output, kwargs, mask, self._positions.get(id(module))
         )
         self.listener(call)

@@ -31,6 +31,19 @@ class Batch:
     weights: torch.Tensor  # (B, R, T) token weights of each read point
     ends: torch.Tensor  # (B, R) padded index of each read point's last token
     encoded: list[Encoded]
+    offsets: list[int]  # padding before each item's first token
+    reads: list[str]
+
+    def weights_for(self, span: str = "all", skip_first: int = 0) -> torch.Tensor:
+        """(B, R, T) weights of another token selection on the same batch."""
+        w = torch.zeros_like(self.weights)
+        for b, e in enumerate(self.encoded):
+            sel = torch.tensor(e.select(span, skip_first), dtype=w.dtype)
+            off = self.offsets[b]
+            for r in range(len(self.reads)):
+                end = int(self.ends[b, r]) - off
+                w[b, r, off : off + end + 1] = sel[: end + 1]
+        return w
 
 
 class Recorder:
@@ -114,20 +127,20 @@ def make_batch(encoded: list[Encoded], reads: Sequence[str], span: str, skip_fir
     B, R = len(encoded), len(reads)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.long)
-    weights = torch.zeros(B, R, T)
     ends = torch.zeros(B, R, dtype=torch.long)
+    offsets = []
     for b, e in enumerate(encoded):
         n = len(e)
         off = T - n if padding_side == "left" else 0
+        offsets.append(off)
         ids[b, off : off + n] = torch.tensor(e.ids)
         mask[b, off : off + n] = 1
-        sel = torch.tensor(e.select(span, skip_first), dtype=torch.float32)
         for r, read in enumerate(reads):
-            end = e.prompt_len - 1 if read == "prompt_end" else n - 1
-            ends[b, r] = off + end
-            weights[b, r, off : off + end + 1] = sel[: end + 1]
+            ends[b, r] = off + (e.prompt_len - 1 if read == "prompt_end" else n - 1)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    return Batch(ids, mask, pos, weights, ends, encoded)
+    batch = Batch(ids, mask, pos, torch.zeros(B, R, T), ends, encoded, offsets, list(reads))
+    batch.weights = batch.weights_for(span, skip_first)
+    return batch
 
 
 def run(lm: LoadedModel, encoded: list[Encoded], recorders: Sequence[Recorder], *, reads: Sequence[str],

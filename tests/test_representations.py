@@ -1,0 +1,69 @@
+"""All representations from one pass: consistent with extract(), padding-safe, correct activations."""
+
+import numpy as np
+import pytest
+import torch
+
+import kvstate
+from kvstate.representations import RepresentationSettings, Reducer, capture_representations, family
+
+from conftest import PROMPTS, tiny_model
+
+SETTINGS = RepresentationSettings(layers=(0, 1), max_dim=256)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3", "gpt2"])
+def captured(request):
+    lm = tiny_model(request.param)
+    return lm, capture_representations(lm, PROMPTS, SETTINGS, batch_size=3), capture_representations(lm, PROMPTS, SETTINGS, batch_size=1)
+
+
+def test_names_dims_and_families(captured):
+    lm, c, _ = captured
+    names = set(c.rows[0])
+    for expected in ["kv-identity-S/n@end", "kv-elu-S|z|@end", "kv-taylor-svals@end", "kv-attnw-S@end", "kv-h2o-S/n@end",
+                     "kv-hier-S/n@end", "act-resid-last@end", "act-resid-mean@end", "act-heads-last@end",
+                     "act-llmcheck-attn@end", "act-llmcheck-hidden@end", "act-ppl@end", "act-entropy@end",
+                     "ctl-length@end", "ctl-bow@end", "sweep-kv/0", "sweep-resid/1", "kv-identity-S/n@prompt_end"]:
+        assert expected in names, expected
+    assert ("kv-identity-S/n-pre@end" in names) == (lm.info["arch"] != "gpt2")
+    assert all(np.isfinite(v).all() for row in c.rows for v in row.values())
+    assert all(len(row[n]) <= 256 for row in c.rows for n in row)
+    assert family("kv-elu-S/n@end") == "kv-state" and family("sweep-resid/3") == "activation" and family("ctl-bow") == "control"
+
+
+def test_batched_equals_unbatched(captured):
+    _, batched, single = captured
+    for a, b in zip(batched.rows, single.rows):
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_kv_identity_matches_extract(captured):
+    lm, c, _ = captured
+    st = kvstate.extract(lm, PROMPTS, layers=[0, 1])
+    X = st.features("S/n", read="end")
+    if X.shape[1] <= 256:
+        np.testing.assert_allclose(np.stack([r["kv-identity-S/n@end"] for r in c.rows]), X, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_and_perplexity_match_a_plain_forward():
+    lm = tiny_model("qwen2")
+    c = capture_representations(lm, PROMPTS[2:], SETTINGS)
+    ids = torch.tensor([c_ids for c_ids in [kvstate.extract.__globals__["encode_all"](lm, PROMPTS[2:])[0].ids]])
+    with torch.inference_mode():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+    last = torch.cat([out.hidden_states[1][0, -1], out.hidden_states[2][0, -1]]).numpy()
+    np.testing.assert_allclose(c.rows[0]["act-resid-last"], last, rtol=1e-4, atol=1e-5)
+    nll = torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[0, 1:]).item()
+    assert c.rows[0]["act-ppl"][0] == pytest.approx(nll, rel=1e-4)
+    assert c.rows[0]["ctl-length"][0] == ids.shape[1]
+
+
+def test_reducer_is_data_independent_and_seeded():
+    x = np.random.default_rng(0).normal(size=(5, 1000)).astype(np.float32)
+    a, b = Reducer(64, 0)(x), Reducer(64, 0)(x[:2])
+    np.testing.assert_allclose(a[:2], b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(Reducer(64, 1)(x), a)
+    d_before = np.linalg.norm(x[0] - x[1])
+    assert abs(np.linalg.norm(a[0] - a[1]) / d_before - 1) < 0.3
