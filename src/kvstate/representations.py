@@ -351,3 +351,44 @@ def capture_representations(lm, prompts, settings: RepresentationSettings | None
     for pos, i in enumerate(order):
         rows[i] = rec.rows[pos]
     return Captured(rows, rec.dims, elapsed / max(len(order), 1), [len(e) for e in encoded])
+
+
+KV_KINDS = ("S/n", "S/n-hn", "S/n-pre", "z/n", "S|z|", "S")
+
+
+def parse_kv_name(name: str) -> tuple[str, str]:
+    """("elu", "S/n-hn") from "kv-elu-S/n-hn@end"; raises for names the state alone cannot rebuild."""
+    base = name.split("@")[0]
+    if base.startswith("kv-"):
+        phi_key, _, kind = base[3:].partition("-")
+        if kind in KV_KINDS:
+            return phi_key, kind
+    raise ValueError(f"{name!r} is not a state read-out a monitor can rebuild; use kv-<phi>-<kind> with kind in "
+                     f"{', '.join(KV_KINDS)}")
+
+
+def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, settings: RepresentationSettings,
+                head_dim: int) -> np.ndarray:
+    """The recorder's kv read-outs rebuilt from running states: S (B, L, H, f, e), z (B, L, H, f), n (B, L).
+
+    Same sketch, normalisation, layer order and reduction as :class:`RepresentationRecorder`, so a
+    detector fitted on stored study features scores a live state (used by :mod:`kvstate.monitor`).
+    """
+    kind = kind.replace("-pre", "")  # pre-RoPE keys change the state, not the read-out
+    P = _sketch(S.shape[-2], head_dim, settings.seed).to(S.device) if S.shape[-2] > head_dim else None
+    Sv = P @ S if P is not None else S
+    nn_ = n.clamp_min(1.0)[..., None, None, None]
+    if kind == "S/n":
+        x = Sv / nn_
+    elif kind == "S/n-hn":
+        x = _headnorm(Sv / nn_)
+    elif kind == "z/n":
+        x = (z @ P.T if P is not None else z) / nn_[..., 0]
+    elif kind == "S|z|":
+        x = Sv / z.norm(dim=-1).clamp_min(1e-8)[..., None, None]
+    elif kind == "S":
+        x = Sv
+    else:
+        raise ValueError(f"unknown kv read-out {kind!r}. Available: {', '.join(KV_KINDS)}")
+    flat = x.float().flatten(1).cpu().numpy()
+    return Reducer(settings.max_dim, settings.seed)(np.ascontiguousarray(flat))

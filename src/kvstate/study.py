@@ -1,0 +1,342 @@
+"""The main job: for each model x suite, generate and label replies if needed, capture every
+representation in one pass into a resumable store, evaluate them side by side, write the report.
+
+Every stage is cached on disk under the output folder, so a killed run resumes where it stopped and
+ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+
+CORE = ("kv-identity-S/n", "kv-elu-S/n", "kv-elu-S/n-hn", "kv-identity-S/n-pre-content", "kv-elu-S/n-pre-content",
+        "act-resid-last", "act-resid-mean", "act-heads-last", "ctl-length", "ctl-bow")
+UNSUPERVISED = ("mahalanobis", "pca", "knn", "iforest", "lof")
+SUPERVISED = ("logistic", "diffmean", "repe_pca")
+
+
+@dataclass
+class StudyConfig:
+    """What a study runs; saved in results.json so the numbers can be traced to their settings."""
+
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    suites: list[str] = field(default_factory=lambda: ["jailbreak", "hallucination", "deception", "sysprompt"])
+    limit: int | None = 200
+    seed: int = 0
+    layers: str = "upper3"
+    phis: list[str] = field(default_factory=lambda: ["identity", "elu", "random", "taylor"])
+    detectors: list[str] = field(default_factory=lambda: list(UNSUPERVISED + SUPERVISED))
+    all_detectors_for: list[str] = field(default_factory=lambda: list(CORE))
+    n_splits: int = 5
+    n_boot: int = 500
+    reduce_above: int = 512  # unsupervised detectors see PCA-64 (fitted per fold) above this dim
+    dtype: str = "float32"
+    batch_size: int = 8
+    chunk: int = 32  # items per store shard (the unit of resumption)
+    max_new_tokens: int = 40
+    max_tokens: int = 768  # longer items are dropped (and counted) to bound O(T^2) attention work
+
+    @classmethod
+    def quick(cls, **overrides) -> "StudyConfig":
+        """A small study that runs in minutes on 2 CPU cores with the default model."""
+        base = dict(suites=["jailbreak", "truthfulqa", "sysprompt"], limit=80, n_boot=200, n_splits=4,
+                    phis=["identity", "elu", "random"], max_new_tokens=24, max_tokens=384)
+        return cls(**{**base, **overrides})
+
+
+def _log(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(msg, highlight=False, markup=False)
+
+
+# ----------------------------------------------------------------------------------- stages
+def _replies(lm, suite, out: Path, cfg: StudyConfig) -> dict[str, str]:
+    """Model replies for a suite that needs them, cached as JSON (atomic) and resumed by id."""
+    from .generate import generate_replies
+
+    path = out / "replies" / lm.name / f"{_safe(suite.name)}.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    todo = [it for it in suite.items if it.id not in cache]
+    for s in range(0, len(todo), cfg.chunk):
+        part = todo[s : s + cfg.chunk]
+        got = generate_replies(lm, part, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
+        cache.update({it.id: r for it, r in zip(part, got)})
+        _atomic_json(path, cache)
+        _log(f"  generate {suite.name}: {min(s + cfg.chunk, len(todo))}/{len(todo)} replies")
+    return {it.id: cache[it.id] for it in suite.items}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _content(it) -> dict:
+    return {"messages": it.messages, "response": it.response}
+
+
+def capture_suite(lm, items, out: Path, cfg: StudyConfig, settings, suite_name: str):
+    """Capture missing items into the (model, suite) store chunk by chunk; return (index, arrays)."""
+    from .representations import capture_representations
+    from .store import Store
+
+    store = Store.open(out / "store" / _safe(lm.name) / _safe(suite_name),
+                       {"model": lm.name, "dtype": lm.dtype, "representations": settings.to_dict(), "version": 1})
+    keys = [store.key(lm.name, it.id, _content(it)) for it in items]
+    by_key = dict(zip(keys, items))
+    todo = store.missing(keys)
+    t0, done = time.perf_counter(), 0
+    for s in range(0, len(todo), cfg.chunk):
+        part = [by_key[k] for k in todo[s : s + cfg.chunk]]
+        cap = capture_representations(lm, part, settings, reads=["prompt_end", "end"], batch_size=cfg.batch_size,
+                                      progress=False)
+        names = sorted(cap.rows[0])
+        arrays = {n: np.stack([r[n] for r in cap.rows]) for n in names}
+        rows = [{"item_key": k, "id": it.id, "label": int(it.label), "group": str(it.group), "split": it.split,
+                 "n_tokens": int(n), "time_ms": 1000 * cap.seconds_per_item,
+                 "dims": json.dumps({n: cap.dims[n] for n in names})}
+                for k, it, n in zip(todo[s : s + cfg.chunk], part, cap.n_tokens)]
+        store.put(rows, arrays)
+        done += len(part)
+        rate = (time.perf_counter() - t0) / done
+        _log(f"  capture {suite_name}: {done}/{len(todo)} items, {rate:.2f} s/item, ETA {rate * (len(todo) - done):.0f} s")
+    return store.load(keys=keys)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def _detector(name: str, dim: int, cfg: StudyConfig):
+    from .detect import get_detector, is_supervised
+    from .reduce import detector_pipeline
+
+    det = get_detector(name)
+    if not is_supervised(det) and dim > cfg.reduce_above:
+        return detector_pipeline(det, reduce="pca", n_components=64, random_state=cfg.seed)
+    return det
+
+
+def _family(name: str) -> str:
+    from .representations import family
+
+    return family(name)
+
+
+def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items, log: Callable = _log) -> dict:
+    """Every representation x detector, grouped CV, CIs, length-matched AUROC, sweep, controls."""
+    from .evaluate import (confound_warnings, evaluate_detector, evaluate_length_matched, length_matched_indices,
+                           metrics as metric_fn, shuffled_label_control)
+
+    y = index["label"].to_numpy().astype(int)
+    groups = index["group"].to_numpy()
+    lengths = index["n_tokens"].to_numpy().astype(float)
+    dims = json.loads(index["dims"].iloc[0])
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise ValueError(f"only {n_groups} group(s): grouped cross-validation needs at least 2; raise --limit")
+    cfg = StudyConfig(**{**asdict(cfg), "n_splits": min(cfg.n_splits, n_groups)})
+    time_ms = float(index["time_ms"].mean())
+    main = sorted(n for n in arrays if n.endswith("@end") and not n.startswith("sweep"))
+    extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)]
+    rows, results = [], {}
+    matched = length_matched_indices(lengths, y, seed=cfg.seed)
+    for name in main + extra_reads:
+        base = name.rsplit("@", 1)[0]
+        dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
+        X = arrays[name]
+        for det_name in dets:
+            det = _detector(det_name, X.shape[1], cfg)
+            r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
+                                  representation=name)
+            lm_auc = None
+            if len(matched) >= 20 and len(np.unique(y[matched])) == 2:
+                lm_auc = evaluate_length_matched(X, y, groups, lengths, det, n_splits=min(cfg.n_splits, 3), seed=cfg.seed,
+                                                 n_boot=1, ci_metrics=()).metrics["auroc"]
+            rows.append({
+                "representation": name, "family": _family(name), "detector": r.detector, "supervised": r.supervised,
+                "auroc": r.metrics["auroc"], "auroc_lo": r.ci["auroc"][0], "auroc_hi": r.ci["auroc"][1],
+                "auprc": r.metrics["auprc"], "tpr_at_1fpr": r.metrics["tpr_at_1fpr"],
+                "tpr_at_1fpr_lo": r.ci["tpr_at_1fpr"][0], "tpr_at_1fpr_hi": r.ci["tpr_at_1fpr"][1],
+                "fpr_at_95tpr": r.metrics["fpr_at_95tpr"], "dim": int(dims.get(name, X.shape[1])),
+                "dim_used": int(X.shape[1]), "time_per_item_ms": time_ms, "length_matched_auroc": lm_auc,
+            })
+            results[(name, r.detector)] = r
+    log(f"  evaluated {len(rows)} representation x detector rows")
+    task = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows}
+    task["curves"] = _curves(rows, results)
+    task["layer_sweep"] = _sweep(arrays, y, groups, cfg)
+    length_auc = metric_fn(y, lengths)["auroc"]
+    warn = confound_warnings(lengths, y)
+    task["length_control"] = {"length_auroc": float(length_auc), "warning": warn[0] if warn else None,
+                              "length_matched_n": int(len(matched))}
+    best_kv = _best(rows, "kv-state", supervised=True) or rows[0]
+    sh = shuffled_label_control(arrays[best_kv["representation"]], y, groups,
+                                _detector("logistic", arrays[best_kv["representation"]].shape[1], cfg),
+                                n_permutations=3, seed=cfg.seed)
+    task["shuffled_label_auroc"] = float(sh["auroc_mean"])
+    task["examples"] = _examples(items, results, rows)
+    return task
+
+
+def _has_response(items) -> bool:
+    return any(it.response for it in items)
+
+
+def _best(rows, fam: str, supervised: bool = False):
+    cand = [r for r in rows if r["family"] == fam and r["supervised"] == supervised]
+    return max(cand, key=lambda r: r["auroc"]) if cand else None
+
+
+def _curves(rows, results) -> dict:
+    from sklearn.metrics import roc_curve
+
+    out = {}
+    picks = [_best(rows, "kv-state"), _best(rows, "activation"),
+             next((r for r in rows if r["representation"].startswith("ctl-length") and not r["supervised"]), None)]
+    for row in filter(None, picks):
+        r = results[(row["representation"], row["detector"])]
+        fpr, tpr, _ = roc_curve(r.y, r.scores)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+        out[f"{row['representation']}|{row['detector']}"] = {
+            "fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist(),
+            "scores_normal": r.scores[r.y == 0].round(5).tolist(), "scores_anomalous": r.scores[r.y == 1].round(5).tolist()}
+    return out
+
+
+def _sweep(arrays, y, groups, cfg: StudyConfig) -> dict:
+    from .evaluate import evaluate_detector
+
+    layers = sorted(int(n.split("/")[1]) for n in arrays if n.startswith("sweep-kv/"))
+    series = {"kv-state": [], "residual": []}
+    for l in layers:
+        for key, name in (("kv-state", f"sweep-kv/{l}"), ("residual", f"sweep-resid/{l}")):
+            X = arrays[name]
+            r = evaluate_detector(X, y, groups, _detector("mahalanobis", X.shape[1], cfg), n_splits=cfg.n_splits,
+                                  seed=cfg.seed, n_boot=1, ci_metrics=())
+            series[key].append(round(r.metrics["auroc"], 4))
+    return {"layers": layers, "series": series, "detector": "mahalanobis (unsupervised)"}
+
+
+def _examples(items, results, rows, n: int = 6) -> list[dict]:
+    row = _best(rows, "kv-state")
+    if row is None:
+        return []
+    r = results[(row["representation"], row["detector"])]
+    order = np.argsort(-r.scores)
+    pick = list(order[: n // 2]) + list(order[-(n - n // 2):])
+    return [{"id": items[i].id, "label": int(items[i].label), "text": items[i].text()[:600],
+             "response": (items[i].response or "")[:300], "score": float(r.scores[i]),
+             "scored_by": f"{row['representation']} | {row['detector']}"} for i in pick]
+
+
+def _transfer(per_suite: dict, cfg: StudyConfig) -> dict:
+    """Fit on one suite's normal items, score every other suite (same representation)."""
+    from .evaluate import transfer_matrix
+
+    names = [s for s, d in per_suite.items() if d is not None]
+    if len(names) < 2:
+        return {}
+    out = {}
+    for rep in ("kv-elu-S/n-hn@end", "kv-identity-S/n-pre-content@end", "act-resid-last@end"):
+        if not all(rep in per_suite[s][1] for s in names):
+            continue
+        data = {s: (per_suite[s][1][rep], per_suite[s][0]["label"].to_numpy().astype(int), per_suite[s][0]["group"].to_numpy())
+                for s in names}
+        dim = next(iter(data.values()))[0].shape[1]
+        table = transfer_matrix(data, _detector("mahalanobis", dim, cfg), n_splits=min(cfg.n_splits, 3), seed=cfg.seed)
+        out[rep] = {"suites": names, "auroc": table.to_numpy().round(4).tolist(), "representation": rep,
+                    "detector": "mahalanobis (unsupervised)"}
+    return out
+
+
+# ----------------------------------------------------------------------------------- driver
+def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
+    """Run (or resume) a study and write report.html + results.json under ``out``."""
+    import torch
+
+    from .data import load_suite
+    from .models import load_model
+    from .report import write_report
+    from .representations import RepresentationSettings
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    suites = {name: load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
+    results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
+                        "suites": cfg.suites, "config": asdict(cfg), "notes": []},
+               "tasks": {}, "transfer": {}}
+    for model_name in cfg.models:
+        t_model = time.perf_counter()
+        lm = load_model(model_name, dtype=cfg.dtype)
+        from .extract import check_layers
+
+        settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed)
+        per_suite = {}
+        for suite_name, suite in suites.items():
+            t0 = time.perf_counter()
+            _log(f"[{lm.name} / {suite_name}] {len(suite.items)} items")
+            if suite.generation:
+                suite = suite.label_with(_replies(lm, suite, out, cfg), strict=True)
+            items, dropped = _fit_context(lm, suite.items, cfg.max_tokens)
+            if dropped:
+                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
+            labels = {it.label for it in items}
+            if labels != {0, 1}:
+                note = f"{lm.name}/{suite_name}: skipped, labels {sorted(labels)} (needs both classes; e.g. the model never refused)"
+                results["meta"]["notes"].append(note)
+                _log("  " + note)
+                per_suite[suite_name] = None
+                continue
+            index, arrays = capture_suite(lm, items, out, cfg, settings, suite_name)
+            task = evaluate_task(index, arrays, cfg, items)
+            task.update(model=lm.name, suite=suite_name, description=suite.description, layers=list(settings.layers),
+                        seconds=round(time.perf_counter() - t0, 1))
+            results["tasks"][f"{lm.name}/{suite_name}"] = task
+            per_suite[suite_name] = (index, arrays)
+            best = _best(task["table"], "kv-state"), _best(task["table"], "activation")
+            _log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {best[0]['auroc']:.3f}, "
+                 f"activation {best[1]['auroc']:.3f}, length alone {task['length_control']['length_auroc']:.3f}")
+            _atomic_json(out / "results.json", results)
+        for rep, block in _transfer(per_suite, cfg).items():
+            results["transfer"][f"{lm.name} | {rep}"] = block
+        _log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
+        del lm
+    write_report(results, out)
+    return results
+
+
+def _fit_context(lm, items, max_tokens: int):
+    from .tokens import encode
+
+    keep = [it for it in items if len(encode(lm.tokenizer, _as_prompt(it))) <= max_tokens]
+    return keep, len(items) - len(keep)
+
+
+def _as_prompt(it):
+    from .tokens import Prompt
+
+    return Prompt(it.messages, it.response, it.id)

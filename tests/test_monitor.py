@@ -1,0 +1,133 @@
+"""Runtime monitor: the running state equals a one-pass state; stopping is exact; save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+import kvstate
+from kvstate.capture import KVCapture
+from kvstate.detect import get_detector
+from kvstate.monitor import Monitor, MonitorSpec, load_monitor, save_monitor
+from kvstate.representations import RepresentationSettings
+from kvstate.state import parallel_state
+
+from conftest import tiny_model
+
+PROMPTS = ["Tell me about cats", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]]
+
+
+def _spec(lm, phi="elu", rep="kv-elu-S/n", threshold=None):
+    layers = list(range(lm.num_layers))
+    return MonitorSpec(rep, layers, {"name": phi}, RepresentationSettings(layers=tuple(layers), max_dim=10_000).to_dict(),
+                       threshold=threshold)
+
+
+def one_pass_state(lm, ids, layer, phi, rope="post"):
+    """Reference: one forward over the unpadded token ids, then the parallel state."""
+    seen = {}
+    with torch.inference_mode(), KVCapture(lm.model, lambda c: seen.__setitem__(c.layer, (c.new_keys(rope), c.new_values()))):
+        lm.model(input_ids=torch.tensor([ids]))
+    return parallel_state(*seen[layer], phi)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
+@pytest.mark.parametrize("rope", ["post", "pre"])
+def test_running_state_equals_one_pass_over_prompt_and_reply(arch, rope):
+    lm = tiny_model(arch)
+    rep = "kv-elu-S/n-pre" if rope == "pre" else "kv-elu-S/n"
+    first = Monitor(lm, _spec(lm, rep=rep)).generate(PROMPTS, max_new_tokens=6)
+    # make row 0 end early: its 3rd generated token becomes an eos token
+    eos = int(first.sequences[0, first.prompt_len + 2])
+    lm.model.generation_config.eos_token_id = eos
+    try:
+        mon = Monitor(lm, _spec(lm, rep=rep))
+        res = mon.generate(PROMPTS, max_new_tokens=6)
+    finally:
+        lm.model.generation_config.eos_token_id = 257
+    S, z, n = mon.state()
+    enc = kvstate.extract.__globals__["encode_all"](lm, PROMPTS)
+    for i, e in enumerate(enc):
+        gen = res.sequences[i, res.prompt_len:].tolist()
+        if eos in gen:
+            gen = gen[: gen.index(eos) + 1]
+        ids = e.ids + gen
+        assert n[i, 0] == len(ids)
+        for li, layer in enumerate(mon.spec.layers):
+            S_ref, z_ref, _ = one_pass_state(lm, ids, layer, "elu", rope)
+            torch.testing.assert_close(S[i, li], S_ref[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(z[i, li], z_ref[0], atol=1e-4, rtol=1e-4)
+
+
+def test_monitor_features_equal_study_features():
+    from kvstate.representations import capture_representations
+
+    lm = tiny_model("llama")
+    spec = _spec(lm, rep="kv-elu-S/n-hn")
+    spec.settings = RepresentationSettings(layers=(0, 1), max_dim=64).to_dict()  # forces the JL reduction
+    mon = Monitor(lm, spec)
+    reply = "Yes, cats."
+    forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
+    T0 = len(kvstate.extract.__globals__["encode_all"](lm, PROMPTS[:1])[0].ids)
+    # force the reply token by token so that text and ids round-trip exactly
+    mon.generate(PROMPTS[:1], max_new_tokens=len(forced),
+                 prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
+    cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
+                                  RepresentationSettings(layers=(0, 1), max_dim=64))
+    np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-elu-S/n-hn@end"], rtol=1e-4, atol=1e-5)
+
+
+class Scripted:
+    """A detector whose score at step t is known in advance."""
+
+    def __init__(self, scores):
+        self.scores, self.calls = scores, 0
+
+    def decision_function(self, X):
+        s = self.scores[min(self.calls, len(self.scores) - 1)]
+        self.calls += 1
+        return np.full(X.shape[0], s)
+
+
+def test_stop_at_first_crossing():
+    lm = tiny_model("llama")
+    det = Scripted([0.1, 0.2, 0.3, 0.9, 0.1, 0.95])
+    mon = Monitor(lm, _spec(lm, threshold=0.5), det, stop=True)
+    res = mon.generate(PROMPTS[:1], max_new_tokens=10)
+    assert res.stopped_at == [3]
+    assert res.sequences.shape[1] - res.prompt_len == 4  # tokens 0..3 generated, then stopped
+    np.testing.assert_allclose(res.scores[0], [0.1, 0.2, 0.3, 0.9])
+
+
+def test_flag_without_stopping_and_callback():
+    lm = tiny_model("llama")
+    seen = []
+    mon = Monitor(lm, _spec(lm, threshold=0.5), Scripted([0.1, 0.9, 0.1]), on_step=lambda s, t, sc: seen.append(s))
+    res = mon.generate(PROMPTS[:1], max_new_tokens=5)
+    assert res.stopped_at == [1] and res.sequences.shape[1] - res.prompt_len == 5 and seen == [0, 1, 2, 3, 4]
+
+
+def test_sampling_and_every_n_steps():
+    lm = tiny_model("qwen2")
+    torch.manual_seed(0)
+    mon = Monitor(lm, _spec(lm), Scripted([0.0]), every=2)
+    res = mon.generate(PROMPTS, max_new_tokens=5, do_sample=True, top_k=5)
+    assert np.isnan(res.scores[:, 1::2]).all() and np.isfinite(res.scores[:, ::2]).all()
+
+
+def test_save_load_round_trip(tmp_path):
+    lm = tiny_model("llama")
+    spec = _spec(lm)
+    X = np.random.default_rng(0).normal(size=(40, 8))
+    det = get_detector("mahalanobis").fit(X)
+    save_monitor(tmp_path / "m", spec, det)
+    spec2, det2 = load_monitor(tmp_path / "m")
+    assert spec2 == spec
+    np.testing.assert_array_equal(det.decision_function(X), det2.decision_function(X))
+    with pytest.raises(ValueError, match="not a monitor folder"):
+        load_monitor(tmp_path)
+
+
+def test_stop_needs_threshold():
+    lm = tiny_model("llama")
+    with pytest.raises(ValueError, match="needs a threshold"):
+        Monitor(lm, _spec(lm), Scripted([0]), stop=True)
