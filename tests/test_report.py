@@ -142,6 +142,15 @@ def test_adversarial_text_is_escaped(report):
     assert f"suites: jailbreak, {XSS_ESC}" in html
 
 
+def test_transfer_links_by_model_field_or_key_prefix():
+    res = make_results(suites=("a",), models=("m",))
+    block = res.pop("transfer")["m"]
+    res["transfer"] = {"m | S/n@elu": block, "x": {**block, "model": "m"}, "other | r": block}
+    html = render_html(res)
+    assert '<a href="#transfer-0">m | S/n@elu</a>, <a href="#transfer-1">x</a>.' in html
+    assert 'href="#transfer-2"' not in html and 'id="transfer-2"' in html
+
+
 def test_examples_truncated(report):
     html = report.read_text()
     long = re.findall(r'<div class="ex">(Example prompt 1: [^<]*)</div>', html)

@@ -212,32 +212,39 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_child(root: Path, n: int, kill_after: int | None) -> str:
-    """Run the writer; SIGKILL it once it reports kill_after shards. Returns its last line."""
+def run_child(root: Path, n: int, kill_after: int | None, delay: float = 0.0) -> str:
+    """Run the writer; SIGKILL it ``delay`` s after it reports kill_after shards. Returns its last line."""
     code = CHILD.format(tests=str(Path(__file__).parent), root=str(root), n=n)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    shards, last, deadline = 0, "", time.monotonic() + 60
+    shards, last = 0, ""
     try:
         for line in proc.stdout:
             last = line.strip()
             shards += 1
             if kill_after is not None and shards >= kill_after:
+                time.sleep(delay)  # land somewhere inside the next put(): shard, fsync, rename, index
                 os.kill(proc.pid, signal.SIGKILL)
+                last = "killed"
                 break
-            assert time.monotonic() < deadline
     finally:
         proc.stdout.close()
-        proc.wait(timeout=30)
-    return last if kill_after is None else "killed"
+        rc = proc.wait(timeout=30)
+    assert rc == (-signal.SIGKILL if last == "killed" else 0), f"writer exited with {rc}"
+    return last
 
 
+@pytest.mark.timeout(120)
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     n = 90
     fill(Store.open(tmp_path / "ref", SETTINGS), n, batch=3)  # the uninterrupted run, in-process
     root = tmp_path / "killed"
-    for kill_after in (2, 5, 7):  # three kills, each at an arbitrary moment of the next write
-        assert run_child(root, n, kill_after) == "killed"
-        assert 0 < len(Store.open(root, SETTINGS)) < n
+    # a put() takes a few ms here; these delays kill before, during the shard write, between shard
+    # and index, and during the index write (the deterministic orphan case is tested above)
+    for kill_after, delay in ((2, 0.0), (3, 0.004), (4, 0.01), (5, 0.02)):
+        assert run_child(root, n, kill_after, delay) == "killed"
+        store = Store.open(root, SETTINGS)
+        assert 0 < len(store) < n
+        store.load()  # every indexed shard is complete and passes its checksum
     assert run_child(root, n, None) == "done"
 
     ref_df, ref = Store.open(tmp_path / "ref", SETTINGS).load()

@@ -365,12 +365,19 @@ def _cell(x: Any) -> str:
     return _excerpt(x, 200)
 
 
+def _transfer_model(key: str, block: Mapping[str, Any]) -> str:
+    """The model a transfer block belongs to: its "model" field, else its key up to ' | '."""
+    return str(block.get("model") or key.split(" | ")[0])
+
+
 def _context(results: Mapping[str, Any]) -> dict[str, Any]:
     meta = dict(results.get("meta") or {})
     tasks = results.get("tasks") or {}
     transfer = results.get("transfer") or {}
     transfer_anchor = {m: f"transfer-{j}" for j, m in enumerate(transfer)}
-    views = [{**_task_view(i, k, t), "transfer_anchor": transfer_anchor.get(t.get("model"))}
+    views = [{**_task_view(i, k, t),
+              "transfer_links": [(key, transfer_anchor[key]) for key, block in transfer.items()
+                                 if _transfer_model(key, block) == t.get("model")]}
              for i, (k, t) in enumerate(tasks.items())]
     anchors = {v["key"]: v["anchor"] for v in views}
     return {
