@@ -174,6 +174,11 @@ def test_nan_and_numpy_are_plain_json(tmp_path):
     assert next(iter(back["tasks"].values()))["table"][0]["auroc_lo"] is None
 
 
+def test_rendering_is_deterministic():
+    res = make_results(seed=5, suites=("a",), models=("m",))
+    assert render_html(res) == render_html(res)
+
+
 def test_missing_sections_are_omitted(tmp_path):
     html = write_report({"tasks": {"m/s": {"model": "m", "suite": "s", "n": 10, "table": []}}}, tmp_path).read_text()
     for absent in ['id="transfer"', 'id="monitor"', 'id="fidelity"', "layer sweep", "Examples", "Controls", "<img"]:

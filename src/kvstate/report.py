@@ -232,7 +232,8 @@ def _lines_figure(x: Sequence[Any], series: Mapping[str, Sequence[Any]], ylabel:
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot()
     for name, ys in series.items():
-        ax.plot(list(x)[:len(ys)], [_num(y) if _num(y) is not None else np.nan for y in ys], marker="o", ms=3,
+        k = min(len(x), len(ys))
+        ax.plot(list(x)[:k], [_num(y) if _num(y) is not None else np.nan for y in list(ys)[:k]], marker="o", ms=3,
                 label=_label(name))
     if chance is not None:
         ax.axhline(chance, ls="--", c="0.6", lw=1)
@@ -243,13 +244,14 @@ def _lines_figure(x: Sequence[Any], series: Mapping[str, Sequence[Any]], ylabel:
 
 def _heatmap_figure(suites: Sequence[str], auroc: Sequence[Sequence[Any]], title: str) -> str:
     m = np.array([[_num(v) if _num(v) is not None else np.nan for v in row] for row in auroc], float)
-    k = len(suites)
+    m = np.atleast_2d(m)
+    k = max(m.shape)
     fig = Figure(figsize=(1.2 * k + 2.5, 1.0 * k + 1.8))
     ax = fig.add_subplot()
     im = ax.imshow(m, vmin=0.3, vmax=1.0, cmap="viridis")
-    labels = [_label(s, 24) for s in suites]
-    ax.set_xticks(range(k), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(k), labels, fontsize=8)
+    labels = [_label(s, 24) for s in suites] + ["?"] * k
+    ax.set_xticks(range(m.shape[1]), labels[:m.shape[1]], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(m.shape[0]), labels[:m.shape[0]], fontsize=8)
     ax.set(xlabel="scored on", ylabel="fit on", title=_label(title, 70))
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
