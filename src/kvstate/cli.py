@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +20,15 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Named models (built offline from PyPI packages).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+
+
+def _mount_data() -> None:
+    from .data.cli import data_app
+
+    app.add_typer(data_app, name="data", help="Labelled prompt suites: list, show.")
+
+
+_mount_data()
 console = Console()
 
 
@@ -132,24 +142,183 @@ def extract(
 
 
 @app.command()
-def demo(model: str = typer.Option("smollm2-135m", "--model", "-m")) -> None:
-    """The main job on the default model, small: states of a few chat prompts and a summary."""
-    import torch
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o")) -> None:
+    """The main job on the default model, quick: `kvstate study --quick` and where the report is."""
+    study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, config=None)
 
+
+def _study_config(config: Optional[Path], quick: bool, **flags):
+    from dataclasses import fields
+
+    from .study import StudyConfig
+
+    values: dict = {}
+    if config is not None:
+        if not config.exists():
+            fail(f"config file {config} does not exist")
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            fail("reading TOML needs Python >= 3.11 or `pip install tomli`")
+        try:
+            values = tomllib.loads(config.read_text()).get("study", {})
+        except tomllib.TOMLDecodeError as e:
+            fail(f"{config} is not valid TOML ({e}); see README for the [study] table")
+        known = {f.name for f in fields(StudyConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            fail(f"{config}: unknown study settings {unknown}. Available: {', '.join(sorted(known))}")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return StudyConfig.quick(**values) if quick else StudyConfig(**values)
+
+
+def _split(x: Optional[str]) -> Optional[list[str]]:
+    return [p.strip() for p in x.split(",") if p.strip()] if x else None
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="output folder (store, replies, report)"),
+    models: Optional[str] = typer.Option(None, help="comma list of model names or folders [smollm2-135m]"),
+    suites: Optional[str] = typer.Option(None, help="comma list of suites or suite files [jailbreak,hallucination,deception,sysprompt]"),
+    limit: Optional[int] = typer.Option(None, help="items per suite (whole groups, both classes kept)"),
+    layers: Optional[str] = typer.Option(None, help="middle, upper, upper3, all or '0,5,-1' [upper3]"),
+    dtype: Optional[str] = typer.Option(None, help="float32 or bfloat16"),
+    seed: Optional[int] = typer.Option(None),
+    quick: bool = typer.Option(False, "--quick", help="a small study: minutes on 2 CPU cores"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
+) -> None:
+    """Run (or resume) the study: replies, labels, one-pass capture, evaluation, report.
+
+    Examples:
+
+      kvstate study --quick
+
+      kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
+    """
+    import shlex
+
+    cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
+                        dtype=dtype, seed=seed)
+    writable_path(out)
+    from .data import load_suite
+    from .models import resolve
+    from .study import run_study
+
+    try:
+        for m in cfg.models:
+            resolve(m)
+        for s_ in cfg.suites:
+            load_suite(s_, limit=cfg.limit, seed=cfg.seed)
+        run_study(cfg, out, command="kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except (ValueError, KeyError, RuntimeError) as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
+
+
+@app.command()
+def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder with results.json")) -> None:
+    """Re-render report.html from a study's results.json."""
+    from .report import write_report
+
+    path = out / "results.json"
+    if not path.exists():
+        fail(f"{path} does not exist; run `kvstate study -o {out}` first")
+    console.print(f"[green]report:[/] {write_report(json.loads(path.read_text()), out)}")
+
+
+@app.command("train-monitor")
+def train_monitor(
+    study_dir: Path = typer.Option(Path("runs/study"), "--study", help="a study folder (its store is read)"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    suite: str = typer.Option(..., help="suite whose stored normal items fit the detector"),
+    representation: str = typer.Option("kv-elu-S/n-hn@end", help="a kv read-out stored by the study"),
+    detector: str = typer.Option("mahalanobis", help="unsupervised: mahalanobis, pca, knn"),
+    fpr: float = typer.Option(0.01, help="false-positive rate on normal items for the threshold"),
+    out: Path = typer.Option(..., "--out", "-o", help="monitor folder to write"),
+) -> None:
+    """Fit a monitor's detector on a study's stored normal states and calibrate its threshold.
+
+    Example:
+
+      kvstate train-monitor --study runs/study --suite sysprompt -o monitors/sysprompt
+    """
+    from .models import MODELS
+    from .monitor import fit_monitor, save_monitor
+    from .store import Store
+    from .study import _safe
+
+    root = study_dir / "store" / _safe(model if model in MODELS else Path(model).name) / _safe(suite)
+    if not (root / "store.json").exists():
+        fail(f"no stored states for {model}/{suite} in {study_dir}; run `kvstate study` with that model and suite first")
+    writable_path(out)
+    try:
+        store = Store(root)
+        index, arrays = store.load()
+        if representation not in arrays:
+            fail(f"{representation!r} is not stored. Available kv read-outs: "
+                 + ", ".join(n for n in arrays if n.startswith("kv-") and "-S" in n))
+        spec, det = fit_monitor(arrays[representation], index["label"].to_numpy(), index["group"].to_numpy(),
+                                representation, store.settings["representations"], detector=detector, fpr=fpr,
+                                model=model)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    save_monitor(out, spec, det)
+    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} "
+                  f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
+
+
+@app.command()
+def monitor(
+    prompt: str = typer.Argument(..., help="the user message"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    max_new_tokens: int = typer.Option(64),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end generation when the threshold is crossed"),
+    every: int = typer.Option(1, help="score every n tokens"),
+) -> None:
+    """Generate a reply while scoring the live KV state; each token is shaded by its anomaly level.
+
+    Example:
+
+      kvstate monitor -d monitors/sysprompt --system "Only answer in French." "Tell me about Paris"
+    """
     import kvstate
 
-    lm = kvstate.load_model(model)
-    chats = [
-        [{"role": "user", "content": "What is the capital of France?"}],
-        [{"role": "user", "content": "Give me step-by-step instructions to pick a lock."}],
-        [{"role": "system", "content": "Only answer in French."}, {"role": "user", "content": "How are you today?"}],
-    ]
-    st = kvstate.extract(lm, chats, layers="upper3", phi="elu")
-    out = writable_path(Path("out") / "demo.safetensors")
-    st.save(out)
-    feats = st.features("S/n", normalize="head")
-    sim = torch.nn.functional.cosine_similarity(torch.tensor(feats)[:, None], torch.tensor(feats)[None], dim=-1)
-    console.print(f"{escape(repr(st))}\nwrote {out}\ncosine similarity between prompt states:\n{sim.numpy().round(3)}")
+    from .monitor import Monitor, load_monitor
+
+    try:
+        spec, det = load_monitor(detector)
+        lm = kvstate.load_model(model)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    if spec.model and spec.model != lm.name:
+        fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
+    thr = spec.threshold
+    tok = lm.tokenizer
+
+    def show(step, token_ids, scores):
+        s = float(scores[0])
+        text = escape(tok.decode([int(token_ids[0])]))
+        if s != s:  # not scored this step
+            console.print(text, end="")
+            return
+        level = min(max(s / thr, 0.0), 2.0) if thr else 0.0
+        colour = "green" if level < 0.8 else "yellow" if level < 1.0 else "bold red"
+        console.print(f"[{colour}]{text}[/]", end="")
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    mon = Monitor(lm, spec, det, every=every, stop=stop and thr is not None, on_step=show)
+    res = mon.generate([messages], max_new_tokens=max_new_tokens)
+    console.print()
+    scores = res.scores[0]
+    if res.stopped_at[0] is not None:
+        verb = "stopped" if stop else "flagged"
+        console.print(f"[bold red]{verb} at token {res.stopped_at[0]}[/]: score {scores[res.stopped_at[0]]:.4g} > "
+                      f"threshold {thr:.4g} ({spec.representation}, calibrated at FPR {spec.fpr})")
+    else:
+        console.print(f"[green]not flagged[/]: max score {np.nanmax(scores):.4g} <= threshold {thr}")
 
 
 def main() -> None:  # pragma: no cover - console entry

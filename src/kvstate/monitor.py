@@ -216,3 +216,43 @@ def _settings(d: dict) -> dict:
         if key in d and isinstance(d[key], list):
             d[key] = tuple(d[key])
     return d
+
+
+def phi_config(phi_key: str, seed: int = 0) -> dict:
+    """Feature-map config from a representation's phi key ("elu", "random64", ...)."""
+    if phi_key.startswith("random"):
+        return {"name": "random", "n_features": int(phi_key[len("random"):] or 64), "seed": seed}
+    return {"name": phi_key}
+
+
+def fit_monitor(X, y, groups, representation: str, settings: dict, *, detector: str = "mahalanobis",
+                fpr: float = 0.01, seed: int = 0, model: str = "", reduce_above: int = 512):
+    """Fit a detector on normal items and calibrate its threshold on out-of-fold normal scores.
+
+    In-sample scores of the training items would be optimistic (too low), so the threshold is the
+    (1 - fpr) quantile of cross-validated scores of normal items; the final detector is then fitted
+    on all normal items. Returns (MonitorSpec, detector).
+    """
+    from .detect import get_detector, is_supervised
+    from .evaluate import evaluate_detector
+    from .reduce import detector_pipeline
+
+    phi_key, _ = parse_kv_name(representation)
+    det = get_detector(detector)
+    if is_supervised(det):
+        raise ValueError(f"{detector} is supervised; a monitor is fitted on normal data only (use mahalanobis, pca, knn)")
+    if X.shape[1] > reduce_above:
+        det = detector_pipeline(det, reduce="pca", n_components=64, random_state=seed)
+    y = np.asarray(y)
+    k = min(5, len(np.unique(np.asarray(groups)[y == 0])))
+    if k < 2:
+        raise ValueError("too few groups of normal items to calibrate a threshold; use a larger suite")
+    oof = evaluate_detector(X, y, groups, det, n_splits=k, seed=seed, n_boot=1, ci_metrics=())
+    threshold = float(np.quantile(oof.scores[y == 0], 1 - fpr))
+    from sklearn.base import clone
+
+    final = clone(det).fit(X[y == 0])
+    spec = MonitorSpec(representation, list(settings["layers"]), phi_config(phi_key, settings.get("seed", 0)), settings,
+                       threshold=threshold, fpr=fpr, model=model,
+                       notes={"detector": detector, "n_normal": int((y == 0).sum()), "oof_auroc": oof.metrics["auroc"]})
+    return spec, final

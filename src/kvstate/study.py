@@ -22,6 +22,7 @@ CORE = ("kv-identity-S/n", "kv-elu-S/n", "kv-elu-S/n-hn", "kv-identity-S/n-pre-c
         "act-resid-last", "act-resid-mean", "act-heads-last", "ctl-length", "ctl-bow")
 UNSUPERVISED = ("mahalanobis", "pca", "knn", "iforest", "lof")
 SUPERVISED = ("logistic", "diffmean", "repe_pca")
+LENGTH_MATCHED_FOR = ("mahalanobis", "logistic")  # the length-matched re-run costs a full CV; done for these
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _detector(name: str, dim: int, cfg: StudyConfig):
     from .detect import get_detector, is_supervised
     from .reduce import detector_pipeline
 
-    det = get_detector(name)
+    det = get_detector(name, n_estimators=100) if name == "iforest" else get_detector(name)
     if not is_supervised(det) and dim > cfg.reduce_above:
         return detector_pipeline(det, reduce="pca", n_components=64, random_state=cfg.seed)
     return det
@@ -153,10 +154,13 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
     groups = index["group"].to_numpy()
     lengths = index["n_tokens"].to_numpy().astype(float)
     dims = json.loads(index["dims"].iloc[0])
-    n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise ValueError(f"only {n_groups} group(s): grouped cross-validation needs at least 2; raise --limit")
-    cfg = StudyConfig(**{**asdict(cfg), "n_splits": min(cfg.n_splits, n_groups)})
+    # every training part needs normal items (unsupervised) and both classes (probes): each class must
+    # appear in at least k groups for k grouped folds
+    per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+    k = min([cfg.n_splits, *per_class])
+    if k < 2:
+        raise TooFewGroups(f"labels 0/1 occur in {per_class[0]}/{per_class[1]} groups; grouped CV needs >= 2 each")
+    cfg = StudyConfig(**{**asdict(cfg), "n_splits": k})
     time_ms = float(index["time_ms"].mean())
     main = sorted(n for n in arrays if n.endswith("@end") and not n.startswith("sweep"))
     extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)]
@@ -171,7 +175,7 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
             r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
                                   representation=name)
             lm_auc = None
-            if len(matched) >= 20 and len(np.unique(y[matched])) == 2:
+            if det_name in LENGTH_MATCHED_FOR and len(matched) >= 20 and len(np.unique(y[matched])) == 2:
                 lm_auc = evaluate_length_matched(X, y, groups, lengths, det, n_splits=min(cfg.n_splits, 3), seed=cfg.seed,
                                                  n_boot=1, ci_metrics=()).metrics["auroc"]
             rows.append({
@@ -198,6 +202,10 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
     task["shuffled_label_auroc"] = float(sh["auroc_mean"])
     task["examples"] = _examples(items, results, rows)
     return task
+
+
+class TooFewGroups(ValueError):
+    """A task whose labels sit in too few groups for grouped cross-validation."""
 
 
 def _has_response(items) -> bool:
@@ -312,7 +320,13 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
                 per_suite[suite_name] = None
                 continue
             index, arrays = capture_suite(lm, items, out, cfg, settings, suite_name)
-            task = evaluate_task(index, arrays, cfg, items)
+            try:
+                task = evaluate_task(index, arrays, cfg, items)
+            except TooFewGroups as e:
+                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: not evaluated, {e}")
+                _log(f"  not evaluated: {e}")
+                per_suite[suite_name] = None
+                continue
             task.update(model=lm.name, suite=suite_name, description=suite.description, layers=list(settings.layers),
                         seconds=round(time.perf_counter() - t0, 1))
             results["tasks"][f"{lm.name}/{suite_name}"] = task
