@@ -37,6 +37,7 @@ class StudyConfig:
     phis: list[str] = field(default_factory=lambda: ["identity", "elu", "random", "taylor"])
     detectors: list[str] = field(default_factory=lambda: list(UNSUPERVISED + SUPERVISED))
     all_detectors_for: list[str] = field(default_factory=lambda: list(CORE))
+    representations: list[str] | None = None  # evaluate only names starting with one of these (None: all)
     n_splits: int = 5
     n_boot: int = 500
     reduce_above: int = 512  # unsupervised detectors see PCA-64 (fitted per fold) above this dim
@@ -162,10 +163,15 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
         raise TooFewGroups(f"labels 0/1 occur in {per_class[0]}/{per_class[1]} groups; grouped CV needs >= 2 each")
     cfg = StudyConfig(**{**asdict(cfg), "n_splits": k})
     time_ms = float(index["time_ms"].mean())
-    main = sorted(n for n in arrays if n.endswith("@end") and not n.startswith("sweep"))
-    extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)]
+    main = sorted(n for n in arrays if n.endswith("@end") and not n.startswith("sweep")
+                  and (cfg.representations is None or n.startswith(tuple(cfg.representations))))
+    extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)
+                   and (cfg.representations is None or c.startswith(tuple(cfg.representations)))]
     rows, results = [], {}
-    matched = length_matched_indices(lengths, y, seed=cfg.seed)
+    try:
+        matched = length_matched_indices(lengths, y, seed=cfg.seed)
+    except ValueError:  # no length bin holds both classes: length alone separates them
+        matched = np.array([], dtype=int)
     for name in main + extra_reads:
         base = name.rsplit("@", 1)[0]
         dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
@@ -292,7 +298,7 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    suites = {name: load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
+    suites = {_suite_label(name): load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
     results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
                         "suites": cfg.suites, "config": asdict(cfg), "notes": []},
@@ -341,6 +347,12 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         del lm
     write_report(results, out)
     return results
+
+
+def _suite_label(name: str) -> str:
+    """A file suite is named by its file stem in keys, folders and the report."""
+    p = Path(name)
+    return p.stem if p.suffix in {".jsonl", ".json", ".csv", ".parquet"} else name
 
 
 def _fit_context(lm, items, max_tokens: int):

@@ -1,0 +1,124 @@
+"""End-to-end study on a tiny random model with small user suites; kill-and-resume gives identical results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvstate.study import StudyConfig, run_study
+
+from conftest import tiny_model
+
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "act-resid-last", "ctl-length"]
+TIMING = {"time_per_item_ms", "seconds", "created", "command"}
+
+
+def _suite(path: Path, n: int, seed: int, word: str) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    topics = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
+    rows = []
+    for i in range(n):
+        label = i % 2
+        t = topics[(i // 2) % len(topics)]
+        filler = " ".join(rng.choice(topics) for _ in range(rng.randint(0, 6)))
+        text = f"Tell me about {t}" + (f" and {word} it" if label else " in few words") + f". {filler}"
+        rows.append({"id": f"{path.stem}-{i}", "text": text, "label": label, "group": f"g{i // 2}"})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(root / "tiny-llama")
+    lm.tokenizer.save_pretrained(root / "tiny-llama")
+    suites = [_suite(root / "alpha.jsonl", 24, 0, "destroy"), _suite(root / "beta.jsonl", 24, 1, "steal")]
+    cfg = StudyConfig(models=[str(root / "tiny-llama")], suites=[str(s) for s in suites], limit=None, n_splits=3,
+                      n_boot=50, phis=["identity", "elu"], detectors=["mahalanobis", "knn", "logistic"], chunk=8,
+                      layers="all", representations=REPS)
+    return root, cfg
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def test_end_to_end_tiny_study(setup):
+    root, cfg = setup
+    res = run_study(cfg, root / "run", command="test")
+    assert set(res["tasks"]) == {"tiny-llama/alpha", "tiny-llama/beta"}
+    task = res["tasks"]["tiny-llama/alpha"]
+    fams = {r["family"] for r in task["table"]}
+    assert fams == {"kv-state", "activation", "control"}
+    assert all(0 <= r["auroc"] <= 1 and r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"] for r in task["table"])
+    assert task["layer_sweep"]["layers"] == [0, 1]
+    assert 0.2 < task["shuffled_label_auroc"] < 0.8
+    assert any(k.startswith("tiny-llama | ") for k in res["transfer"])
+    html = (root / "run" / "report.html").read_text()
+    assert "tiny-llama/alpha" in html and json.loads((root / "run" / "results.json").read_text())["tasks"]
+    # a rerun recomputes nothing and gives the same numbers
+    again = run_study(cfg, root / "run", command="test")
+    assert _strip(again["tasks"]) == _strip(res["tasks"])
+
+
+def test_killed_study_resumes_to_identical_results(setup, tmp_path):
+    root, cfg = setup
+    toml = tmp_path / "study.toml"
+    toml.write_text("[study]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
+        "models": cfg.models, "suites": cfg.suites, "n_splits": 3, "n_boot": 50, "phis": cfg.phis,
+        "detectors": cfg.detectors, "chunk": 4, "representations": REPS, "layers": "all", "batch_size": 2}.items()) + "\nlimit = 24\n")
+    cmd = [sys.executable, "-m", "kvstate.cli", "study", "--config", str(toml), "-o", str(tmp_path / "killed")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = tmp_path / "killed" / "store" / "tiny-llama" / "alpha" / "index.parquet"
+    deadline = time.time() + 120
+    while not index.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed; make it bigger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "report.html").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    straight = subprocess.run(cmd[:-1] + [str(tmp_path / "straight")], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a = json.loads((tmp_path / "killed" / "results.json").read_text())
+    b = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert _strip(a["tasks"]) == _strip(b["tasks"]) and _strip(a["transfer"]) == _strip(b["transfer"])
+
+
+def test_study_bad_input_errors(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from kvstate.cli import app
+
+    root, cfg = setup
+    r = CliRunner().invoke(app, ["study", "--suites", "no-such-suite", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown suite" in r.output
+    r = CliRunner().invoke(app, ["study", "--models", "gpt-17", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown model" in r.output
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = CliRunner().invoke(app, ["study", "--quick", "-o", str(blocker / "out")])
+    assert r.exit_code == 2 and "choose another --out" in r.output
+    # a store made with other settings: one clear line, nothing lost
+    run_study(cfg, root / "run2", command="test")
+    before = sorted(p.name for p in (root / "run2" / "store" / "tiny-llama" / "alpha" / "shards").iterdir())
+    r = CliRunner().invoke(app, ["study", "--models", cfg.models[0], "--suites", cfg.suites[0], "--layers", "0",
+                                 "-o", str(root / "run2")])
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "other settings" in errors[0], r.output
+    after = sorted(p.name for p in (root / "run2" / "store" / "tiny-llama" / "alpha" / "shards").iterdir())
+    assert before == after
