@@ -43,7 +43,8 @@ def setup(tmp_path_factory):
     suites = [_suite(root / "alpha.jsonl", 24, 0, "destroy"), _suite(root / "beta.jsonl", 24, 1, "steal")]
     cfg = StudyConfig(models=[str(root / "tiny-llama")], suites=[str(s) for s in suites], limit=None, n_splits=3,
                       n_boot=50, phis=["identity", "elu"], detectors=["mahalanobis", "knn", "logistic"], chunk=8,
-                      layers="all", representations=REPS)
+                      layers="all", representations=REPS, monitor_suites=["alpha"], monitor_items=6,
+                      max_new_tokens=4)
     return root, cfg
 
 
@@ -66,6 +67,8 @@ def test_end_to_end_tiny_study(setup):
     assert task["layer_sweep"]["layers"] == [0, 1]
     assert 0.2 < task["shuffled_label_auroc"] < 0.8
     assert any(k.startswith("tiny-llama | ") for k in res["transfer"])
+    mon = res["monitor"]["tiny-llama/alpha"]
+    assert mon["n_test"] == 6 and 0 <= mon["flagged_normal"] <= 1 and 0 <= mon["flagged_anomalous"] <= 1
     html = (root / "run" / "report.html").read_text()
     assert "tiny-llama/alpha" in html and json.loads((root / "run" / "results.json").read_text())["tasks"]
     # a rerun recomputes nothing and gives the same numbers
@@ -78,7 +81,7 @@ def test_killed_study_resumes_to_identical_results(setup, tmp_path):
     toml = tmp_path / "study.toml"
     toml.write_text("[study]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in {
         "models": cfg.models, "suites": cfg.suites, "n_splits": 3, "n_boot": 50, "phis": cfg.phis,
-        "detectors": cfg.detectors, "chunk": 4, "representations": REPS, "layers": "all", "batch_size": 2}.items()) + "\nlimit = 24\n")
+        "detectors": cfg.detectors, "chunk": 4, "representations": REPS, "monitor_items": 0, "layers": "all", "batch_size": 2}.items()) + "\nlimit = 24\n")
     cmd = [sys.executable, "-m", "kvstate.cli", "study", "--config", str(toml), "-o", str(tmp_path / "killed")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -300,14 +300,21 @@ def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
 
 
 def _token_stats(logits: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-perplexity and mean next-token entropy over the selected tokens up to each read."""
-    logp = torch.log_softmax(logits, -1)
+    """Log-perplexity and mean next-token entropy over the selected tokens up to each read.
+
+    One row at a time: a (T, vocab) log-softmax per row instead of (B, T, vocab) copies.
+    """
     ids = b.input_ids.to(logits.device)
-    nll = -logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]  # predicting token t+1
-    ent = -(logp.exp() * logp).sum(-1)[:, :-1]
-    w = b.weights[:, :, 1:].to(logits.device)  # the predicted token must be selected
+    w = b.weights[:, :, 1:].to(logits.device)  # the predicted token (t + 1) must be selected
     denom = w.sum(-1).clamp_min(1)
-    return (torch.einsum("bt,brt->br", nll, w) / denom)[..., None], (torch.einsum("bt,brt->br", ent, w) / denom)[..., None]
+    nll = torch.zeros(w.shape[0], w.shape[-1])
+    ent = torch.zeros_like(nll)
+    for i in range(logits.shape[0]):
+        logp = torch.log_softmax(logits[i, :-1].float(), -1)
+        nll[i] = -logp.gather(-1, ids[i, 1:, None])[:, 0]
+        ent[i] = -(logp.exp() * logp).sum(-1)
+    ppl = torch.einsum("bt,brt->br", nll, w) / denom
+    return ppl[..., None], (torch.einsum("bt,brt->br", ent, w) / denom)[..., None]
 
 
 FAMILIES = {"kv": "kv-state", "sweep-kv": "kv-state", "act": "activation", "sweep-resid": "activation", "ctl": "control"}
