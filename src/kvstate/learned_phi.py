@@ -360,7 +360,6 @@ def train_learned_phi(
     seqs, scaling = collect_qk(lm, prompts, layer_list, chat, batch_size)
     weights, losses = {}, {}
     for l in layer_list:
-        torch.manual_seed(seed)
         W, b, stats = fit_layer(seqs[l], scaling[l], n_features, steps, lr, seed * 1_000_003 + l)
         weights[l], losses[str(l)] = (W, b), stats
     meta = {"model": lm.name, "seed": seed, "steps": steps, "lr": lr, "map": "hedgehog-softmax",
