@@ -176,26 +176,71 @@ def _build(spec: ModelSpec, target: Path) -> None:
 
 
 def load_model(
-    name_or_path: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+    name_or_path: str | Path = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu", *,
+    device_map: str | dict | None = None, max_memory: dict | None = None, quantization: str | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load a registered model (by name) or a local HF folder, offline, in eval mode.
 
     ``trust_remote_code`` stays off: only architectures transformers itself implements are loaded.
+    Models bigger than one device: ``device_map`` ("auto" or a module -> device dict, devices may be
+    "cpu" or "disk"), ``max_memory`` and ``offload_folder`` are passed to ``from_pretrained``
+    (accelerate places the layers); ``quantization="8bit"|"4bit"`` uses bitsandbytes (optional, CUDA).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}")
+    extra = _placement_kwargs(device_map, max_memory, quantization, offload_folder, dtype)  # fail before loading
     path = resolve(name_or_path)
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[dtype], trust_remote_code=False, attn_implementation="sdpa"
-    ).to(device)
+        str(path), dtype=DTYPES[dtype], trust_remote_code=False, attn_implementation="sdpa", **extra
+    )
+    if "device_map" not in extra:
+        model = model.to(device)
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     name = str(name_or_path) if str(name_or_path) in MODELS else path.name
-    return LoadedModel(model, tok, name, str(path), dtype, {"arch": model.config.model_type})
+    info = {"arch": model.config.model_type}
+    if getattr(model, "hf_device_map", None):
+        info["device_map"] = {k: str(v) for k, v in model.hf_device_map.items()}
+    if quantization:
+        info["quantization"] = quantization
+    return LoadedModel(model, tok, name, str(path), dtype, info)
+
+
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def _placement_kwargs(device_map, max_memory, quantization, offload_folder, dtype: str) -> dict:
+    """``from_pretrained`` kwargs for multi-device / offloaded / quantized loading (empty by default)."""
+    kw: dict = {}
+    if max_memory is not None and device_map is None:
+        device_map = "auto"  # max_memory only means something to accelerate's placement
+    if device_map is not None:
+        kw["device_map"] = device_map
+    if max_memory is not None:
+        kw["max_memory"] = max_memory
+    if offload_folder is not None:
+        kw["offload_folder"] = str(offload_folder)
+    if quantization is None:
+        return kw
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}. Available: {', '.join(QUANTIZATIONS)}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"quantization={quantization!r} needs bitsandbytes: pip install bitsandbytes (and a CUDA GPU)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"quantization={quantization!r} uses bitsandbytes kernels that need a CUDA GPU; none is visible. "
+                         "Load without quantization (dtype='bfloat16', device_map='auto') instead")
+    from transformers import BitsAndBytesConfig
+
+    kw["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=DTYPES[dtype],
+                                                    bnb_4bit_quant_type="nf4"))
+    kw.setdefault("device_map", "auto")
+    return kw
 
 
 def from_hf(model: torch.nn.Module, tokenizer, name: str | None = None) -> LoadedModel:
