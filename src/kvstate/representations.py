@@ -49,6 +49,7 @@ class RepresentationSettings:
     svd_k: int = 8
     prune_k: int = 16
     segments: int = 4
+    hier_dim: int = 64  # per head and segment, after a seeded sketch
     max_dim: int = 2048
     seed: int = 0
 
@@ -80,7 +81,7 @@ class Reducer:
 
 @functools.lru_cache(maxsize=8)
 def _projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
-    return _sketch(dim_in, dim_out, seed).T.contiguous()  # (dim_in, dim_out)
+    return _sketch.__wrapped__(dim_in, dim_out, seed).T.contiguous()  # (dim_in, dim_out), not cached twice
 
 
 def _hash_bow(texts: list[str], n_features: int = 2048) -> np.ndarray:
@@ -196,7 +197,9 @@ class RepresentationRecorder(Recorder):
                 wg = wr * (seg_of == g)
                 Sg, _, _ = parallel_state(k, v, "elu", wg)
                 segs.append(Sg / wg.sum(-1).clamp_min(1)[:, None, None, None])
-            outs_h.append(torch.cat([s.flatten(1) for s in segs] + [sum(segs).flatten(1)], dim=1))
+            # each segment's per-head matrix is sketched to hier_dim values, so the vector stays small
+            P = _sketch(segs[0].shape[-2] * segs[0].shape[-1], self.s.hier_dim, self.s.seed + 1).to(k.device)
+            outs_h.append(torch.cat([(s.flatten(2) @ P.T).flatten(1) for s in segs + [sum(segs)]], dim=1))
         self._add("kv-attnw-S", torch.stack(outs_w, 1))
         self._add("kv-h2o-S/n", torch.stack(outs_p, 1))
         self._add("kv-hier-S/n", torch.stack(outs_h, 1))
@@ -281,10 +284,12 @@ def _top_singular_values(S: torch.Tensor, k: int) -> torch.Tensor:
 def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
     """LLM-Check hidden score: mean log singular value of the centred (tokens x width) matrix.
 
-    Computed from the eigenvalues of the small tokens x tokens Gram matrix, per item and read.
+    As in LLM-Check, one layer (the middle of the selected ones); computed from the eigenvalues of
+    the smaller Gram matrix, per item and read.
     """
     B, R, _ = w.shape
     out = torch.zeros(B, R)
+    layers = [layers[len(layers) // 2]]
     for l in layers:
         h = hs[l + 1].float()
         for b in range(B):
@@ -293,7 +298,8 @@ def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
                 if sel.shape[0] < 2:
                     continue
                 c = sel - sel.mean(0, keepdim=True)
-                ev = torch.linalg.eigvalsh((c @ c.T).double())
+                gram = c @ c.T if c.shape[0] <= c.shape[1] else c.T @ c
+                ev = torch.linalg.eigvalsh(gram.double())
                 ev = ev[ev > ev.max() * 1e-6]  # rank <= min(tokens - 1, width): drop the numerical zeros
                 out[b, r] += float(0.5 * ev.log().mean()) / len(layers)
     return out[..., None]
