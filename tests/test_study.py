@@ -125,3 +125,28 @@ def test_study_bad_input_errors(setup, tmp_path):
     assert r.exit_code == 2 and len(errors) == 1 and "other settings" in errors[0], r.output
     after = sorted(p.name for p in (root / "run2" / "store" / "tiny-llama" / "alpha" / "shards").iterdir())
     assert before == after
+
+
+def test_train_monitor_and_monitor_cli(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from kvstate.cli import app
+
+    root, cfg = setup
+    if not (root / "run" / "results.json").exists():
+        run_study(cfg, root / "run", command="test")
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "alpha",
+                            "--representation", "kv-elu-S/n-hn@end", "--fpr", "0.05", "-o", str(tmp_path / "mon")])
+    assert r.exit_code == 0, r.output
+    assert "threshold" in r.output and (tmp_path / "mon" / "detector.safetensors").exists()
+    r = runner.invoke(app, ["monitor", "-d", str(tmp_path / "mon"), "-m", cfg.models[0], "--max-new-tokens", "4",
+                            "--no-stop", "Tell me about <script>alert(1)</script> cats"])
+    assert r.exit_code == 0, r.output
+    assert "flagged" in r.output
+    r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "gamma",
+                            "-o", str(tmp_path / "m2")])
+    assert r.exit_code == 2 and "no stored states" in r.output
+    r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "alpha",
+                            "--representation", "act-resid-last@end", "-o", str(tmp_path / "m3")])
+    assert r.exit_code == 2 and "not a state read-out" in r.output

@@ -248,7 +248,8 @@ def train_monitor(
     from .store import Store
     from .study import _safe
 
-    root = study_dir / "store" / _safe(model if model in MODELS else Path(model).name) / _safe(suite)
+    name = model if model in MODELS else Path(model).name  # how the study names the model
+    root = study_dir / "store" / _safe(name) / _safe(suite)
     if not (root / "store.json").exists():
         fail(f"no stored states for {model}/{suite} in {study_dir}; run `kvstate study` with that model and suite first")
     writable_path(out)
@@ -260,7 +261,7 @@ def train_monitor(
                  + ", ".join(n for n in arrays if n.startswith("kv-") and "-S" in n))
         spec, det = fit_monitor(arrays[representation], index["label"].to_numpy(), index["group"].to_numpy(),
                                 representation, store.settings["representations"], detector=detector, fpr=fpr,
-                                model=model)
+                                model=name)
     except ValueError as e:
         fail(str(e).splitlines()[0])
     save_monitor(out, spec, det)
