@@ -107,7 +107,7 @@ def test_learned_phi_beats_identity_and_elu_on_heldout_smollm2(tmp_path):
     lm = kvstate.load_model("smollm2-135m")
     layers = [2, 15, 28]
     assert not set(map(json.dumps, CALIBRATION_PROMPTS)) & set(map(json.dumps, HELDOUT_PROMPTS))
-    phi = train_learned_phi(lm, CALIBRATION_PROMPTS, layers, steps=120, lr=2e-2, seed=0)
+    phi = train_learned_phi(lm, CALIBRATION_PROMPTS, layers, steps=50, lr=3e-2, seed=0)
     phi = LearnedPhi.load(phi.save(tmp_path / "smollm2.safetensors"))
     df = attention_fidelity(lm, HELDOUT_PROMPTS, ["identity", "elu", phi], layers, skip_first=1)
     print("\n" + df.to_string() + "\n" + summarize(df).to_string())
