@@ -109,3 +109,14 @@ def test_bad_input_gives_one_line_error(kwargs, prompts, message):
 def test_negative_layers_count_from_the_end():
     lm = tiny_model("llama")
     assert kvstate.extract(lm, ["hi"], layers=[-1]).layers == [1]
+
+
+def test_learned_phi_by_config_works_in_extract(tmp_path):
+    from kvstate.learned_phi import train_learned_phi
+
+    lm = tiny_model("llama")
+    learned = train_learned_phi(lm, PROMPTS, steps=5, seed=0)
+    path = learned.save(tmp_path / "phi.safetensors")
+    st = kvstate.extract(lm, PROMPTS, phi={"name": "learned", "path": str(path)})
+    ref = kvstate.extract(lm, PROMPTS, phi=learned)
+    assert torch.equal(st.S, ref.S) and torch.isfinite(st.S).all()

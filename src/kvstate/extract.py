@@ -64,6 +64,8 @@ def key_name(phi: FeatureMap) -> str:
     cfg = phi.config()
     if cfg["name"] == "random":
         return f"random{cfg['n_features']}" + (f"s{cfg['seed']}" if cfg["seed"] else "")
+    if cfg["name"] == "learned":
+        return "learned"
     return cfg["name"]
 
 
@@ -87,7 +89,8 @@ class StateRecorder(Recorder):
             pos = torch.arange(w.shape[-1], device=w.device)
             w = w * (pos[None, None, :] > self.batch.ends.to(w.device)[..., None] - call.sliding_window)
         for phi in self.phis:
-            S, z, n = parallel_state(k, v, phi, w)
+            phi_l = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+            S, z, n = parallel_state(k, v, phi_l, w)
             self._cur[key_name(phi)][call.layer] = (S.cpu(), z.cpu(), n.cpu())
 
     def end(self, outputs: Any) -> None:

@@ -154,6 +154,8 @@ def get_phi(phi: str | dict | FeatureMap, **params) -> FeatureMap:
     if isinstance(phi, dict):
         params = {**{k: v for k, v in phi.items() if k != "name"}, **params}
         phi = phi["name"]
+    if phi == "learned" and phi not in _REGISTRY:  # registered by kvstate.learned_phi on import
+        from . import learned_phi  # noqa: F401
     if phi not in _REGISTRY:
         raise ValueError(f"unknown feature map {phi!r}. Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[phi](**params)

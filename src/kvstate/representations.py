@@ -144,6 +144,7 @@ class RepresentationRecorder(Recorder):
         q_last = _at_reads(call.query.float(), b.ends)  # (B, R, Hq, d)
         for phi in self.phis:
             key = key_name(phi)
+            phi = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
             S, z, cnt = parallel_state(k_post, v, phi, w)
             nn_ = cnt.clamp_min(1.0)[..., None, None, None]
             Sv = self._view(S, d)
