@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-full clean
 
 $(BIN)/kvstate: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-fast: install
 	$(BIN)/pytest -q -ra -m "not slow"
 
 bench: install
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python benchmarks/run.py --quick
+
+bench-full: install
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run.py
 
 clean:
