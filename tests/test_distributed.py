@@ -123,3 +123,14 @@ def test_bad_arguments(setup, tmp_path):
     folder, _, settings, _, _ = setup
     with pytest.raises(ValueError, match=">= 1"):
         run_ray_extraction(folder, _items(2), tmp_path / "s", settings, num_workers=0)
+    with pytest.raises(ValueError, match="dtype"):
+        run_ray_extraction(folder, _items(2), tmp_path / "s", settings, load_kwargs={"dtype": "bfloat16"})
+
+
+def test_resolve_settings_from_config(setup):
+    folder, lm, settings, _, _ = setup
+    from kvstate.distributed import num_layers, resolve_settings
+
+    assert num_layers(folder) == lm.num_layers == 2
+    assert resolve_settings(folder, {"phis": ["identity", "elu"]}, layers="upper3") == settings
+    assert resolve_settings(folder).layers == (0, 1)

@@ -53,21 +53,30 @@ def store_settings(name: str, dtype: str, settings: Any) -> dict:
     return {"model": name, "dtype": dtype, "representations": settings.to_dict(), "version": STORE_VERSION}
 
 
-def resolve_settings(model_name_or_path: str | Path, settings: Any = None):
-    """RepresentationSettings with explicit layer indices (read from config.json, no weights loaded)."""
+def num_layers(model_name_or_path: str | Path) -> int:
+    """Decoder layers of a model, from its config.json (no weights loaded)."""
     from transformers import AutoConfig
 
-    from .layers import select_layers
     from .models import resolve
+
+    return int(AutoConfig.from_pretrained(str(resolve(model_name_or_path))).num_hidden_layers)
+
+
+def resolve_settings(model_name_or_path: str | Path, settings: Any = None, layers: str | None = None):
+    """RepresentationSettings with explicit layer indices, as ``run_study`` stores them.
+
+    ``layers`` (a scheme such as ``"upper3"``) overrides ``settings.layers``; empty means all layers.
+    """
+    from .layers import select_layers
     from .representations import RepresentationSettings
 
     if settings is None:
         settings = RepresentationSettings()
     elif isinstance(settings, Mapping):
         settings = RepresentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-    n_layers = int(AutoConfig.from_pretrained(str(resolve(model_name_or_path))).num_hidden_layers)
-    layers = tuple(select_layers(list(settings.layers) or None, n_layers))
-    return RepresentationSettings(**{**settings.to_dict(), "layers": layers})
+    spec = layers if layers is not None else (list(settings.layers) or None)
+    chosen = tuple(select_layers(spec, num_layers(model_name_or_path)))
+    return RepresentationSettings(**{**settings.to_dict(), "layers": chosen})
 
 
 def _item_record(key: str, it: Any) -> dict:
@@ -172,6 +181,9 @@ def run_ray_extraction(model_name_or_path: str | Path, suite_items: Sequence[Any
     ray = _require_ray()
     if num_workers < 1 or batch_size < 1 or chunk < 1:
         raise ValueError("num_workers, batch_size and chunk must be >= 1")
+    if "dtype" in (load_kwargs or {}):
+        raise ValueError("pass dtype=... to run_ray_extraction itself (it is part of the store's settings), "
+                         "not in load_kwargs")
     t0 = time.perf_counter()
     name = model_name(model_name_or_path)
     settings = resolve_settings(model_name_or_path, settings)
