@@ -295,10 +295,16 @@ def evaluate_monitor(lm, items, index, arrays, settings, cfg: StudyConfig) -> di
     monitor and count who gets flagged, and after how many tokens."""
     from .monitor import Monitor, fit_monitor
 
+    from sklearn.model_selection import StratifiedGroupKFold
+
     rep = cfg.monitor_representation
-    train = (index["split"] == "train").to_numpy()
     y = index["label"].to_numpy().astype(int)
-    spec, det = fit_monitor(arrays[rep][train], y[train], index["group"].to_numpy()[train], rep,
+    groups = index["group"].to_numpy()
+    # a grouped, stratified hold-out of about a third (the suites' own split may hold one class only)
+    _, test_idx = next(StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=cfg.seed).split(y, y, groups))
+    train = np.ones(len(y), dtype=bool)
+    train[test_idx] = False
+    spec, det = fit_monitor(arrays[rep][train], y[train], groups[train], rep,
                             settings.to_dict(), fpr=cfg.monitor_fpr, seed=cfg.seed, model=lm.name)
     test = [it for it, t in zip(items, train) if not t]
     rng = np.random.default_rng(cfg.seed)
@@ -314,7 +320,7 @@ def evaluate_monitor(lm, items, index, arrays, settings, cfg: StudyConfig) -> di
     lab = np.array([it.label for it in test])
     flags = np.array(flags)
     first_pos = [f for f, l in zip(firsts, lab) if l == 1 and f is not None]
-    return {"representation": rep, "detector": f"{spec.notes['detector']} (unsupervised, train split)",
+    return {"representation": rep, "detector": f"{spec.notes['detector']} (unsupervised, fit on 2/3 of the groups)",
             "threshold_fpr": cfg.monitor_fpr, "n_test": int(len(test)), "n_anomalous": int(lab.sum()),
             "flagged_anomalous": float(flags[lab == 1].mean()) if (lab == 1).any() else None,
             "flagged_normal": float(flags[lab == 0].mean()) if (lab == 0).any() else None,
