@@ -50,3 +50,15 @@ def test_extract_on_local_model(tmp_path):
 
     st = KVState.load(out.with_name("s.elu.safetensors"))
     assert len(st) == 2 and st.reads == ["prompt_end", "end"]
+
+
+def test_plan_command():
+    res = runner.invoke(app, ["plan", "Llama-3.1-8B", "--n-items", "100"])
+    assert res.exit_code == 0 and "8.03 B params" in res.output and "| upper3 |" in res.output
+    res = runner.invoke(app, ["plan", "GPT-9"])
+    assert res.exit_code == 2 and "unknown config 'GPT-9'" in res.output
+
+
+def test_unknown_engine(tmp_path):
+    res = runner.invoke(app, ["study", "--engine", "spark", "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown engine 'spark'" in res.output

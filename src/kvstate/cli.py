@@ -144,7 +144,8 @@ def extract(
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o")) -> None:
     """The main job on the default model, quick: `kvstate study --quick` and where the report is."""
-    study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, config=None)
+    study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, engine=None,
+          address=None, workers=None, config=None)
 
 
 def _study_config(config: Optional[Path], quick: bool, **flags):
@@ -186,6 +187,9 @@ def study(
     dtype: Optional[str] = typer.Option(None, help="float32 or bfloat16"),
     seed: Optional[int] = typer.Option(None),
     quick: bool = typer.Option(False, "--quick", help="a small study: minutes on 2 CPU cores"),
+    engine: Optional[str] = typer.Option(None, help="local (default) or ray: extraction on a Ray cluster"),
+    address: Optional[str] = typer.Option(None, help="Ray address (e.g. auto); default starts a local cluster"),
+    workers: Optional[int] = typer.Option(None, help="Ray model replicas [2]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
 ) -> None:
     """Run (or resume) the study: replies, labels, one-pass capture, evaluation, report.
@@ -199,7 +203,9 @@ def study(
     import shlex
 
     cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
-                        dtype=dtype, seed=seed)
+                        dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers)
+    if cfg.engine not in ("local", "ray"):
+        fail(f"unknown engine {cfg.engine!r}. Available: local, ray")
     writable_path(out)
     from .data import load_suite
     from .models import resolve
@@ -225,6 +231,32 @@ def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a s
     if not path.exists():
         fail(f"{path} does not exist; run `kvstate study -o {out}` first")
     console.print(f"[green]report:[/] {write_report(json.loads(path.read_text()), out)}")
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="a known config name (e.g. Llama-3.1-8B) or a config.json path"),
+    n_items: int = typer.Option(10_000, help="prompts in the study"),
+    mean_tokens: float = typer.Option(512, help="mean tokens per prompt"),
+    dtype: str = typer.Option("bfloat16"),
+    gpu_flops: float = typer.Option(100e12, help="sustained FLOP/s assumed for the time estimate"),
+) -> None:
+    """On-paper plan for a model you cannot run here: state and store size, memory, time.
+
+    Example:
+
+      kvstate plan Llama-3.1-70B --n-items 20000 --mean-tokens 400
+    """
+    from .plan import format_plan, known_configs
+    from .plan import plan as make_plan
+
+    if config not in known_configs() and not Path(config).exists():
+        fail(f"unknown config {config!r}. Known: {', '.join(known_configs())} (or a config.json path)")
+    try:
+        typer.echo(format_plan(make_plan(config, n_items=n_items, mean_tokens=mean_tokens, dtype=dtype,
+                                         gpu_flops=gpu_flops)))
+    except (ValueError, KeyError) as e:
+        fail(str(e).splitlines()[0])
 
 
 @app.command("train-monitor")

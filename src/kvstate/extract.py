@@ -161,7 +161,7 @@ def run(lm: LoadedModel, encoded: list[Encoded], recorders: Sequence[Recorder], 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     starts = range(0, len(order), batch_size)
     show = progress if progress is not None else len(starts) > 4
-    device = next(model.parameters()).device
+    device = input_device(model)
 
     def listen(call: AttentionCall) -> None:
         for rec in recorders:
@@ -177,6 +177,13 @@ def run(lm: LoadedModel, encoded: list[Encoded], recorders: Sequence[Recorder], 
             for rec in recorders:
                 rec.end(out)
     return order
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where inputs go: the input embedding's execution device (accelerate may offload its weight)."""
+    emb = model.get_input_embeddings()
+    dev = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+    return torch.device(dev) if dev is not None else emb.weight.device
 
 
 def encode_all(lm: LoadedModel, prompts: Sequence[Any], chat: bool | None = None) -> list[Encoded]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .capture import AttentionCall, KVCapture
-from .extract import encode_all, make_batch
+from .extract import encode_all, input_device, make_batch
 from .models import LoadedModel
 from .phi import get_phi
 from .representations import RepresentationSettings, kv_features, parse_kv_name
@@ -192,7 +192,7 @@ class Monitor:
         encoded = encode_all(lm, prompts, chat)
         batch = make_batch(encoded, ["end"], self.span, self.skip_first, tok.pad_token_id, "left")
         self._reset(batch.weights[:, 0])
-        device = next(lm.model.parameters()).device
+        device = input_device(lm.model)
         kwargs = {"do_sample": False, **generate_kwargs}
         with KVCapture(lm.model, self._listen):
             out = lm.model.generate(

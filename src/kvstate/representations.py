@@ -217,7 +217,7 @@ class RepresentationRecorder(Recorder):
     def end(self, outputs: Any) -> None:
         b = self.batch
         w = b.weights
-        hs = outputs.hidden_states  # (L+1) x (B, T, D)
+        hs = [h.float().cpu() for h in outputs.hidden_states]  # (L+1) x (B, T, D); layers may sit on several devices
         ends = b.ends
         rows = torch.arange(len(ends))
         self._add("act-resid-last", torch.stack([torch.cat([hs[l + 1][rows, ends[:, r]] for l in self.layers], -1)
@@ -229,7 +229,7 @@ class RepresentationRecorder(Recorder):
             for l in range(self.num_layers):
                 self._acc[f"sweep-resid/{l}"] = [hs[l + 1][rows, ends[:, -1]][:, None].float().cpu()]
         self._add("act-llmcheck-hidden", _hidden_logdet(hs, self.layers, w))
-        ppl, ent = _token_stats(outputs.logits.float(), b)
+        ppl, ent = _token_stats(outputs.logits.cpu(), b)
         self._add("act-ppl", ppl)
         self._add("act-entropy", ent)
         lengths = torch.tensor([[float(e.prompt_len if rd == "prompt_end" else len(e)) for rd in b.reads] for e in b.encoded])

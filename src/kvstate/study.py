@@ -50,6 +50,9 @@ class StudyConfig:
     monitor_representation: str = "kv-elu-S/n-hn@end"
     monitor_items: int = 60  # test-split items generated with the live monitor
     monitor_fpr: float = 0.01
+    engine: str = "local"  # or "ray": extraction as a Ray Data pipeline into the same store
+    ray_address: str | None = None
+    ray_workers: int = 2
 
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
@@ -115,6 +118,16 @@ def capture_suite(lm, items, out: Path, cfg: StudyConfig, settings, suite_name: 
     keys = [store.key(lm.name, it.id, _content(it)) for it in items]
     by_key = dict(zip(keys, items))
     todo = store.missing(keys)
+    if todo and cfg.engine == "ray":
+        from .distributed import run_ray_extraction
+        from .models import MODELS
+
+        res = run_ray_extraction(lm.name if lm.name in MODELS else lm.path, [by_key[k] for k in todo], store.root,
+                                 settings, num_workers=cfg.ray_workers, batch_size=cfg.batch_size,
+                                 address=cfg.ray_address, chunk=cfg.chunk, dtype=lm.dtype)
+        _log(f"  ray: {res.computed} items in {res.seconds:.0f} s with {cfg.ray_workers} workers")
+        store = Store.open(store.root, store.settings)
+        todo = store.missing(keys)
     t0, done = time.perf_counter(), 0
     for s in range(0, len(todo), cfg.chunk):
         part = [by_key[k] for k in todo[s : s + cfg.chunk]]
