@@ -131,3 +131,29 @@ def test_stop_needs_threshold():
     lm = tiny_model("llama")
     with pytest.raises(ValueError, match="needs a threshold"):
         Monitor(lm, _spec(lm), Scripted([0]), stop=True)
+
+
+@pytest.mark.slow
+def test_running_state_equals_one_pass_on_smollm2():
+    from test_models import smollm
+
+    lm = smollm()
+    layers = [0, 14, 29]
+    spec = MonitorSpec("kv-elu-S/n", layers, {"name": "elu"}, RepresentationSettings(layers=tuple(layers)).to_dict())
+    mon = Monitor(lm, spec)
+    chats = [[{"role": "user", "content": "Name three colours."}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]]
+    res = mon.generate(chats, max_new_tokens=8)
+    S, z, n = mon.state()
+    enc = kvstate.extract.__globals__["encode_all"](lm, chats)
+    eos = lm.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, e in enumerate(enc):
+        gen = res.sequences[i, res.prompt_len:].tolist()
+        cut = next((j + 1 for j, t in enumerate(gen) if t in eos), len(gen))
+        ids = e.ids + gen[:cut]
+        assert n[i, 0] == len(ids)
+        for li, layer in enumerate(layers):
+            S_ref, z_ref, _ = one_pass_state(lm, ids, layer, "elu")
+            torch.testing.assert_close(S[i, li], S_ref[0], atol=2e-3, rtol=1e-4)
+            torch.testing.assert_close(z[i, li], z_ref[0], atol=2e-3, rtol=1e-4)

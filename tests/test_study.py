@@ -150,3 +150,17 @@ def test_train_monitor_and_monitor_cli(setup, tmp_path):
     r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "alpha",
                             "--representation", "act-resid-last@end", "-o", str(tmp_path / "m3")])
     assert r.exit_code == 2 and "not a state read-out" in r.output
+
+
+@pytest.mark.slow
+def test_study_on_smollm2_small_subset(tmp_path):
+    """The real default model end to end on a small user suite (few representations, few items)."""
+    suite = _suite(tmp_path / "mini.jsonl", 16, 3, "burn")
+    cfg = StudyConfig(models=["smollm2-135m"], suites=[str(suite)], limit=None, n_splits=2, n_boot=20,
+                      phis=["identity", "elu"], detectors=["mahalanobis", "logistic"], layers="middle",
+                      representations=["kv-elu-S/n-hn", "act-resid-last", "ctl-length"], monitor_items=0)
+    res = run_study(cfg, tmp_path / "out", command="test")
+    task = res["tasks"]["smollm2-135m/mini"]
+    assert {r["family"] for r in task["table"]} == {"kv-state", "activation", "control"}
+    assert all(0 <= r["auroc"] <= 1 for r in task["table"])
+    assert (tmp_path / "out" / "report.html").exists()
