@@ -309,6 +309,9 @@ def write_report(state: dict, out: Path) -> None:
               f"nnsight {m.get('nnsight')}, {m.get('dtype')}. Load average at start / end: "
               f"{', '.join(f'{x:.1f}' for x in run.get('loadavg_start', []))} / {', '.join(f'{x:.1f}' for x in run.get('loadavg_end', []))}.",
               ""]
+    if len(state.get("runs", {})) > 1:
+        lines += ["Runs merged into bench.json: " + "; ".join(f"`{r['command']}` ({', '.join(r.get('sections', []))}, started {k}, "
+                                                          f"{r.get('seconds', 0) / 60:.0f} min)" for k, r in state["runs"].items()), ""]
     goals: list = []
     body: list = []
     if "capture" in state:
