@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The commands that produced results/<model>/{report.html,results.json}. Run from the repo root
+# after `make install`. Stores and replies go to runs/ (not committed); each run resumes if killed.
+# Limits were set so that the models fit one working session on 2 CPU cores.
+set -euo pipefail
+export HF_HUB_OFFLINE=1
+SUITES=jailbreak,hallucination,deception,sysprompt
+run() {  # model limit dtype
+  .venv/bin/kvstate study --models "$1" --suites "$SUITES" --limit "$2" --dtype "$3" -o "runs/results/$1"
+  mkdir -p "results/$1" && cp "runs/results/$1/report.html" "runs/results/$1/results.json" "results/$1/"
+}
+case "${1:-all}" in
+  smollm2-135m) run smollm2-135m 120 float32 ;;
+  gemma3-270m) run gemma3-270m 60 float32 ;;
+  qwen2.5-0.5b) run qwen2.5-0.5b 60 float32 ;;
+  qwen2.5-1.5b) run qwen2.5-1.5b 40 bfloat16 ;;
+  all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
+esac
