@@ -48,8 +48,10 @@ def parallel_state(
         raise ValueError(f"weights must be (B, T) or (B, R, T) with B={B}, T={T}; got {tuple(weights.shape)}")
     fk = phi(k.float())
     w = weights.to(fk.dtype)
-    S = torch.einsum("brt,bhtf,bhte->brhfe", w, fk, v.float())
-    z = torch.einsum("brt,bhtf->brhf", w, fk)
+    # one contraction gives S and z: a column of ones appended to v sums phi(k) into the last column
+    v1 = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], dim=-1)
+    Sz = torch.einsum("brt,bhtf,bhte->brhfe", w, fk, v1)
+    S, z = Sz[..., :-1], Sz[..., -1]
     n = w.sum(-1)
     if single:
         return S[:, 0], z[:, 0], n[:, 0]
