@@ -120,3 +120,9 @@ def test_memory_is_independent_of_length():
 def test_unknown_phi_lists_available():
     with pytest.raises(ValueError, match="Available: elu"):
         get_phi("softmax")
+
+
+def test_string_specs_for_parametrised_maps():
+    assert get_phi("random:32").n_features == 32
+    with pytest.raises(ValueError, match="unknown feature map 'softmax'"):
+        get_phi("softmax:3")

@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
     cfg = StudyConfig(models=[str(root / "tiny-llama")], suites=[str(s) for s in suites], limit=None, n_splits=3,
                       n_boot=50, phis=["identity", "elu"], detectors=["mahalanobis", "knn", "logistic"], chunk=8,
                       layers="all", representations=REPS, monitor_suites=["alpha"], monitor_items=6,
-                      max_new_tokens=4)
+                      max_new_tokens=4, fidelity_layers="all")
     return root, cfg
 
 
@@ -67,6 +67,9 @@ def test_end_to_end_tiny_study(setup):
     assert task["layer_sweep"]["layers"] == [0, 1]
     assert 0.2 < task["shuffled_label_auroc"] < 0.8
     assert any(k.startswith("tiny-llama | ") for k in res["transfer"])
+    fid = res["fidelity"]["tiny-llama"]
+    assert fid["layers"] == [0, 1] and set(fid["series"]) == {"identity", "elu"}
+    assert all(v > 0 for s in fid["series"].values() for v in s)
     mon = res["monitor"]["tiny-llama/alpha"]
     assert mon["n_test"] == 6 and 0 <= mon["flagged_normal"] <= 1 and 0 <= mon["flagged_anomalous"] <= 1
     html = (root / "run" / "report.html").read_text()

@@ -154,6 +154,9 @@ def get_phi(phi: str | dict | FeatureMap, **params) -> FeatureMap:
     if isinstance(phi, dict):
         params = {**{k: v for k, v in phi.items() if k != "name"}, **params}
         phi = phi["name"]
+    elif ":" in phi:  # "learned:path/to/phi.safetensors" or "random:256", so string-only configs can name them
+        phi, arg = phi.split(":", 1)
+        params = {**({"path": arg} if phi == "learned" else {"n_features": int(arg)} if phi == "random" else {}), **params}
     if phi == "learned" and phi not in _REGISTRY:  # registered by kvstate.learned_phi on import
         from . import learned_phi  # noqa: F401
     if phi not in _REGISTRY:

@@ -50,6 +50,7 @@ class StudyConfig:
     monitor_representation: str = "kv-elu-S/n-hn@end"
     monitor_items: int = 60  # test-split items generated with the live monitor
     monitor_fpr: float = 0.01
+    fidelity_layers: str | None = "upper3"  # None to skip;: how well linear attention with each phi reproduces softmax
     engine: str = "local"  # or "ray": extraction as a Ray Data pipeline into the same store
     ray_address: str | None = None
     ray_workers: int = 2
@@ -302,6 +303,19 @@ def _transfer(per_suite: dict, cfg: StudyConfig) -> dict:
     return out
 
 
+def _fidelity(lm, cfg: StudyConfig) -> dict:
+    """Relative error of linear attention vs the model's softmax attention output, per layer and phi,
+    on prompts no suite uses (the learned phi's held-out set)."""
+    from .fidelity import attention_fidelity
+    from .learned_phi import HELDOUT_PROMPTS
+
+    df = attention_fidelity(lm, HELDOUT_PROMPTS, list(cfg.phis), layers=cfg.fidelity_layers, batch_size=cfg.batch_size)
+    layers = sorted(df["layer"].unique().tolist())
+    series = {str(p): [round(float(df[(df.phi == p) & (df.layer == l)]["rel_err"].iloc[0]), 4) for l in layers]
+              for p in df["phi"].unique()}
+    return {"layers": layers, "series": series, "metric": "relative error of the attention output (lower is better)"}
+
+
 def evaluate_monitor(lm, items, index, arrays, settings, cfg: StudyConfig) -> dict:
     """Live monitor on held-out items: fit on the train split's normal end-of-text states (threshold
     at ``monitor_fpr`` on out-of-fold normal scores), then generate test-split replies with the
@@ -406,6 +420,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
             _atomic_json(out / "results.json", results)
         for rep, block in _transfer(per_suite, cfg).items():
             results["transfer"][f"{lm.name} | {rep}"] = block
+        if cfg.fidelity_layers:
+            results.setdefault("fidelity", {})[lm.name] = _fidelity(lm, cfg)
         _log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
         del lm
     write_report(results, out)
