@@ -50,7 +50,7 @@ class StudyConfig:
     monitor_representation: str = "kv-elu-S/n-hn@end"
     monitor_items: int = 60  # test-split items generated with the live monitor
     monitor_fpr: float = 0.01
-    fidelity_layers: str | None = "upper3"  # None to skip;: how well linear attention with each phi reproduces softmax
+    fidelity_layers: str | None = "upper3"  # layers where linear attention is compared with softmax; None skips
     engine: str = "local"  # or "ray": extraction as a Ray Data pipeline into the same store
     ray_address: str | None = None
     ray_workers: int = 2
