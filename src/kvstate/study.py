@@ -58,7 +58,7 @@ class StudyConfig:
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
         """A small study that runs in minutes on 2 CPU cores with the default model."""
-        base = dict(suites=["jailbreak", "truefalse", "sysprompt"], limit=60, n_boot=200, n_splits=4,
+        base = dict(suites=["jailbreak", "truefalse", "sysprompt"], limit=84, n_boot=200, n_splits=4,
                     phis=["identity", "elu", "random"], max_new_tokens=24, max_tokens=384, monitor_items=16)
         return cls(**{**base, **overrides})
 
