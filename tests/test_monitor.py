@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import kvstate
+from kvstate.extract import encode_all
 from kvstate.capture import KVCapture
 from kvstate.detect import get_detector
 from kvstate.monitor import Monitor, MonitorSpec, load_monitor, save_monitor
@@ -45,7 +46,7 @@ def test_running_state_equals_one_pass_over_prompt_and_reply(arch, rope):
     finally:
         lm.model.generation_config.eos_token_id = 257
     S, z, n = mon.state()
-    enc = kvstate.extract.__globals__["encode_all"](lm, PROMPTS)
+    enc = encode_all(lm, PROMPTS)
     for i, e in enumerate(enc):
         gen = res.sequences[i, res.prompt_len:].tolist()
         if eos in gen:
@@ -67,7 +68,7 @@ def test_monitor_features_equal_study_features():
     mon = Monitor(lm, spec)
     reply = "Yes, cats."
     forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
-    T0 = len(kvstate.extract.__globals__["encode_all"](lm, PROMPTS[:1])[0].ids)
+    T0 = len(encode_all(lm, PROMPTS[:1])[0].ids)
     # force the reply token by token so that text and ids round-trip exactly
     mon.generate(PROMPTS[:1], max_new_tokens=len(forced),
                  prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
@@ -145,7 +146,7 @@ def test_running_state_equals_one_pass_on_smollm2():
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]]
     res = mon.generate(chats, max_new_tokens=8)
     S, z, n = mon.state()
-    enc = kvstate.extract.__globals__["encode_all"](lm, chats)
+    enc = encode_all(lm, chats)
     eos = lm.model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])
     for i, e in enumerate(enc):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import kvstate
+from kvstate.extract import encode_all
 from kvstate.representations import RepresentationSettings, Reducer, capture_representations, family
 
 from conftest import PROMPTS, tiny_model
@@ -50,7 +51,7 @@ def test_kv_identity_matches_extract(captured):
 def test_residual_and_perplexity_match_a_plain_forward():
     lm = tiny_model("qwen2")
     c = capture_representations(lm, PROMPTS[2:], SETTINGS)
-    ids = torch.tensor([c_ids for c_ids in [kvstate.extract.__globals__["encode_all"](lm, PROMPTS[2:])[0].ids]])
+    ids = torch.tensor([encode_all(lm, PROMPTS[2:])[0].ids])
     with torch.inference_mode():
         out = lm.model(input_ids=ids, output_hidden_states=True)
     last = torch.cat([out.hidden_states[1][0, -1], out.hidden_states[2][0, -1]]).numpy()

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-STORE_VERSION = 1  # the "version" field capture_suite puts into the store settings
+from .study import item_content, store_settings  # one definition, shared with the local engine
 
 
 def _require_ray():
@@ -48,9 +48,6 @@ def model_name(model_name_or_path: str | Path) -> str:
     return s if s in MODELS else Path(s).expanduser().name
 
 
-def store_settings(name: str, dtype: str, settings: Any) -> dict:
-    """The settings dict of a (model, suite) store; must equal what ``study.capture_suite`` writes."""
-    return {"model": name, "dtype": dtype, "representations": settings.to_dict(), "version": STORE_VERSION}
 
 
 def num_layers(model_name_or_path: str | Path) -> int:
@@ -73,7 +70,7 @@ def resolve_settings(model_name_or_path: str | Path, settings: Any = None, layer
     if settings is None:
         settings = RepresentationSettings()
     elif isinstance(settings, Mapping):
-        settings = RepresentationSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        settings = RepresentationSettings.from_dict(dict(settings))
     spec = layers if layers is not None else (list(settings.layers) or None)
     chosen = tuple(select_layers(spec, num_layers(model_name_or_path)))
     return RepresentationSettings(**{**settings.to_dict(), "layers": chosen})
@@ -125,7 +122,7 @@ class CaptureActor:
         torch.set_num_threads(max(1, threads))
         torch.manual_seed(int(settings.get("seed", 0)))
         self.lm = load_model(model, dtype=dtype, **load_kwargs)
-        self.settings = RepresentationSettings(**settings)
+        self.settings = RepresentationSettings.from_dict(settings)
         self.batch_size, self.reads, self.crash_marker = batch_size, list(reads), crash_marker
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,7 +185,7 @@ def run_ray_extraction(model_name_or_path: str | Path, suite_items: Sequence[Any
     name = model_name(model_name_or_path)
     settings = resolve_settings(model_name_or_path, settings)
     store = Store.open(out_store_root, store_settings(name, dtype, settings))
-    keys = [store.key(name, it.id, {"messages": it.messages, "response": it.response}) for it in suite_items]
+    keys = [store.key(name, it.id, item_content(it)) for it in suite_items]
     by_key = dict(zip(keys, suite_items))
     todo = store.missing(keys)
     result = RayRunResult(str(out_store_root), len(set(keys)), len(set(keys)) - len(todo), 0, 0, 0.0)

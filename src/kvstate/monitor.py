@@ -124,6 +124,8 @@ class Monitor:
         self._step_scores: list[np.ndarray] = []
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
+        eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
+        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
     def _listen(self, call: AttentionCall) -> None:
         if call.layer not in self.states:
@@ -148,7 +150,7 @@ class Monitor:
         """The study's representation of the current state, (B, D)."""
         _, kind = parse_kv_name(self.spec.representation)
         S, z, n = self.state()
-        return kv_features(S, z, n, kind, RepresentationSettings(**_settings(self.spec.settings)), self._head_dim)
+        return kv_features(S, z, n, kind, RepresentationSettings.from_dict(self.spec.settings), self._head_dim)
 
     def score(self) -> np.ndarray:
         if self.detector is None:
@@ -170,9 +172,7 @@ class Monitor:
                 flag = over
         if self.on_step is not None:
             self.on_step(step, input_ids[:, -1], s)
-        eos = self.lm.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        done = torch.tensor([int(t) in eos for t in input_ids[:, -1].tolist()]) | flag
+        done = torch.tensor([int(t) in self._eos for t in input_ids[:, -1].tolist()]) | flag
         self._count = self._alive.clone()  # the token just appended is real for rows that were generating
         self._alive &= ~done
         return flag.to(input_ids.device)
@@ -210,13 +210,6 @@ class Monitor:
                              list(self._stopped), T0)
 
 
-def _settings(d: dict) -> dict:
-    d = dict(d)
-    for key in ("layers", "phis", "ablation_phis"):
-        if key in d and isinstance(d[key], list):
-            d[key] = tuple(d[key])
-    return d
-
 
 def phi_config(phi_key: str, seed: int = 0) -> dict:
     """Feature-map config from a representation's phi key ("elu", "random64", ...)."""
@@ -235,14 +228,13 @@ def fit_monitor(X, y, groups, representation: str, settings: dict, *, detector: 
     """
     from .detect import get_detector, is_supervised
     from .evaluate import evaluate_detector
-    from .reduce import detector_pipeline
+    from .reduce import reduce_if_wide
 
     phi_key, _ = parse_kv_name(representation)
     det = get_detector(detector)
     if is_supervised(det):
         raise ValueError(f"{detector} is supervised; a monitor is fitted on normal data only (use mahalanobis, pca, knn)")
-    if X.shape[1] > reduce_above:
-        det = detector_pipeline(det, reduce="pca", n_components=64, random_state=seed)
+    det = reduce_if_wide(det, X.shape[1], reduce_above, random_state=seed)
     y = np.asarray(y)
     k = min(5, len(np.unique(np.asarray(groups)[y == 0])))
     if k < 2:

@@ -167,3 +167,20 @@ def detector_pipeline(detector: Any, reduce: Literal["pca", "rp"] | None = None,
     if reduce is None:
         return detector
     return Pipeline([("reduce", make_reducer(reduce, n_components, random_state)), ("detector", detector)])
+
+
+def reduce_if_wide(detector: Any, dim: int, reduce_above: int = 512, n_components: int = 64,
+                   random_state: int | None = 0) -> Any:
+    """PCA-``n_components`` (fitted per fold) before an unsupervised detector on vectors wider than
+    ``reduce_above``; supervised probes and narrow inputs get the detector itself.
+
+    Covariance-based detectors on a few hundred normal items cannot use thousands of dimensions;
+    probes regularise on their own.
+    """
+    from kvstate.detect import get_detector, is_supervised
+
+    if isinstance(detector, str):
+        detector = get_detector(detector)
+    if is_supervised(detector) or dim <= reduce_above:
+        return detector
+    return detector_pipeline(detector, reduce="pca", n_components=n_components, random_state=random_state)

@@ -56,6 +56,11 @@ class RepresentationSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RepresentationSettings":
+        """Inverse of :meth:`to_dict`, also after a JSON round trip (lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 @functools.lru_cache(maxsize=32)
 def _sketch(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:

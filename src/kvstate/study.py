@@ -105,7 +105,16 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _content(it) -> dict:
+STORE_VERSION = 1
+
+
+def store_settings(name: str, dtype: str, settings) -> dict:
+    """Settings of a (model, suite) store: what changes the stored numbers (the store hashes it)."""
+    return {"model": name, "dtype": dtype, "representations": settings.to_dict(), "version": STORE_VERSION}
+
+
+def item_content(it) -> dict:
+    """What an item's store key covers besides its id: the prompt and the teacher-forced reply."""
     return {"messages": it.messages, "response": it.response}
 
 
@@ -114,9 +123,8 @@ def capture_suite(lm, items, out: Path, cfg: StudyConfig, settings, suite_name: 
     from .representations import capture_representations
     from .store import Store
 
-    store = Store.open(out / "store" / _safe(lm.name) / _safe(suite_name),
-                       {"model": lm.name, "dtype": lm.dtype, "representations": settings.to_dict(), "version": 1})
-    keys = [store.key(lm.name, it.id, _content(it)) for it in items]
+    store = Store.open(out / "store" / _safe(lm.name) / _safe(suite_name), store_settings(lm.name, lm.dtype, settings))
+    keys = [store.key(lm.name, it.id, item_content(it)) for it in items]
     by_key = dict(zip(keys, items))
     todo = store.missing(keys)
     if todo and cfg.engine == "ray":
@@ -149,13 +157,11 @@ def capture_suite(lm, items, out: Path, cfg: StudyConfig, settings, suite_name: 
 
 # ----------------------------------------------------------------------------------- evaluation
 def _detector(name: str, dim: int, cfg: StudyConfig):
-    from .detect import get_detector, is_supervised
-    from .reduce import detector_pipeline
+    from .detect import get_detector
+    from .reduce import reduce_if_wide
 
     det = get_detector(name, n_estimators=100) if name == "iforest" else get_detector(name)
-    if not is_supervised(det) and dim > cfg.reduce_above:
-        return detector_pipeline(det, reduce="pca", n_components=64, random_state=cfg.seed)
-    return det
+    return reduce_if_wide(det, dim, cfg.reduce_above, random_state=cfg.seed)
 
 
 def _family(name: str) -> str:
@@ -435,13 +441,7 @@ def _suite_label(name: str) -> str:
 
 
 def _fit_context(lm, items, max_tokens: int):
-    from .tokens import encode
+    from .tokens import as_prompt, encode
 
-    keep = [it for it in items if len(encode(lm.tokenizer, _as_prompt(it))) <= max_tokens]
+    keep = [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
     return keep, len(items) - len(keep)
-
-
-def _as_prompt(it):
-    from .tokens import Prompt
-
-    return Prompt(it.messages, it.response, it.id)
