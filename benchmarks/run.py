@@ -362,14 +362,14 @@ def bench_monitor(quick: bool) -> dict:
     new = 64
     prompt = ["Write a short story about a lighthouse keeper who finds a message in a bottle."]
     tok = lm.tokenizer
-    from kvstate.extract import encode_all, make_batch
+    from kvstate.extract import check_layers, encode_all, make_batch
 
     enc = encode_all(lm, prompt)
     batch = make_batch(enc, ["end"], "all", 0, tok.pad_token_id, "left")
 
-    def spec_for(layers, max_dim=2048):
+    def spec_for(layers, projection, max_dim=2048):
         return MonitorSpec("kv-elu-S/n", list(layers), {"name": "elu"},
-                           RepresentationSettings(layers=tuple(layers), max_dim=max_dim).to_dict())
+                           RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection).to_dict())
 
     def fitted(spec):
         """A mahalanobis detector fitted on random features of the dimension the spec produces."""
@@ -378,8 +378,7 @@ def bench_monitor(quick: bool) -> dict:
         d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         S = torch.zeros(1, L, H, d, d)
         dim = kv_features(S, torch.zeros(1, L, H, d), torch.ones(1, L), "S/n",
-                          RepresentationSettings(**{k: tuple(v) if isinstance(v, list) else v
-                                                    for k, v in spec.settings.items()}), d).shape[1]
+                          RepresentationSettings.from_dict(spec.settings), d).shape[1]
         X = np.random.default_rng(0).normal(size=(300, dim)).astype(np.float32)
         return get_detector("mahalanobis").fit(X), dim
 
@@ -393,16 +392,19 @@ def bench_monitor(quick: bool) -> dict:
                                      min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
 
     variants["plain_generate"] = plain
-    for key, layers, with_det in [("monitor_state_only_all", all_layers, False),
-                                  ("monitor_mahalanobis_all", all_layers, True),
-                                  ("monitor_mahalanobis_upper3", "upper3", True)]:
-        layers = kvstate.extract.__globals__["check_layers"](lm, layers)
-        spec = spec_for(layers)
+    for key, layers, with_det, projection in [("monitor_state_only_all", all_layers, False, "gaussian"),
+                                              ("monitor_mahalanobis_all", all_layers, True, "gaussian"),
+                                              ("monitor_mahalanobis_all_sparse", all_layers, True, "sparse"),
+                                              ("monitor_mahalanobis_upper3", "upper3", True, "gaussian"),
+                                              ("monitor_mahalanobis_upper3_sparse", "upper3", True, "sparse")]:
+        layers = check_layers(lm, layers)
+        spec = spec_for(layers, projection)
         t = time.perf_counter()
         det, dim = fitted(spec) if with_det else (None, None)
         mon = Monitor(lm, spec, det)
         mon.generate(prompt, max_new_tokens=2, min_new_tokens=2)  # builds the cached projection
-        setup[key] = {"layers": len(layers), "feature_dim": dim, "setup_s": time.perf_counter() - t}
+        setup[key] = {"layers": len(layers), "feature_dim": dim, "projection": projection,
+                      "setup_s": time.perf_counter() - t}
 
         def f(mon=mon):
             return mon.generate(prompt, max_new_tokens=new, min_new_tokens=new)
@@ -415,7 +417,7 @@ def bench_monitor(quick: bool) -> dict:
         r.update(setup.get(k, {}))
     # where the monitor's time goes: wrap its listener and scorer (timing only, no behaviour change)
     prof = {}
-    for key in ("monitor_mahalanobis_all", "monitor_state_only_all"):
+    for key in ("monitor_mahalanobis_all", "monitor_mahalanobis_all_sparse", "monitor_state_only_all"):
         mon = variants[key].__defaults__[0]
         acc = {"listen_s": 0.0, "score_s": 0.0, "features_s": 0.0}
 

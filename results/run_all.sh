@@ -5,14 +5,14 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 SUITES=jailbreak,hallucination,deception,sysprompt
-run() {  # model limit dtype
-  .venv/bin/kvstate study --models "$1" --suites "$SUITES" --limit "$2" --dtype "$3" -o "runs/results/$1"
+run() {  # model limit dtype [extra study flags]
+  .venv/bin/kvstate study --models "$1" --suites "$SUITES" --limit "$2" --dtype "$3" -o "runs/results/$1" "${@:4}"
   mkdir -p "results/$1" && cp "runs/results/$1/report.html" "runs/results/$1/results.json" "results/$1/"
 }
 case "${1:-all}" in
   smollm2-135m) run smollm2-135m 120 float32 ;;
-  gemma3-270m) run gemma3-270m 60 float32 ;;
+  gemma3-270m) run gemma3-270m 60 float32 -c results/configs/no-taylor.toml ;;
   qwen2.5-0.5b) run qwen2.5-0.5b 60 float32 ;;
-  qwen2.5-1.5b) run qwen2.5-1.5b 40 bfloat16 ;;
+  qwen2.5-1.5b) run qwen2.5-1.5b 40 bfloat16 -c results/configs/no-taylor.toml ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac

@@ -59,12 +59,14 @@ def test_running_state_equals_one_pass_over_prompt_and_reply(arch, rope):
             torch.testing.assert_close(z[i, li], z_ref[0], atol=1e-4, rtol=1e-4)
 
 
-def test_monitor_features_equal_study_features():
+@pytest.mark.parametrize("projection", ["gaussian", "sparse"])
+def test_monitor_features_equal_study_features(projection):
     from kvstate.representations import capture_representations
 
     lm = tiny_model("llama")
     spec = _spec(lm, rep="kv-elu-S/n-hn")
-    spec.settings = RepresentationSettings(layers=(0, 1), max_dim=64).to_dict()  # forces the JL reduction
+    settings = RepresentationSettings(layers=(0, 1), max_dim=64, projection=projection)
+    spec.settings = settings.to_dict()  # max_dim forces the JL reduction
     mon = Monitor(lm, spec)
     reply = "Yes, cats."
     forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
@@ -73,7 +75,7 @@ def test_monitor_features_equal_study_features():
     mon.generate(PROMPTS[:1], max_new_tokens=len(forced),
                  prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
     cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
-                                  RepresentationSettings(layers=(0, 1), max_dim=64))
+                                  settings)
     np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-elu-S/n-hn@end"], rtol=1e-4, atol=1e-5)
 
 

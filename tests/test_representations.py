@@ -61,10 +61,29 @@ def test_residual_and_perplexity_match_a_plain_forward():
     assert c.rows[0]["ctl-length"][0] == ids.shape[1]
 
 
-def test_reducer_is_data_independent_and_seeded():
+@pytest.mark.parametrize("kind", ["gaussian", "sparse"])
+def test_reducer_is_data_independent_and_seeded(kind):
     x = np.random.default_rng(0).normal(size=(5, 1000)).astype(np.float32)
-    a, b = Reducer(64, 0)(x), Reducer(64, 0)(x[:2])
+    a, b = Reducer(64, 0, kind)(x), Reducer(64, 0, kind)(x[:2])
+    assert a.shape == (5, 64) and a.dtype == np.float32
     np.testing.assert_allclose(a[:2], b, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(Reducer(64, 1)(x), a)
+    assert not np.allclose(Reducer(64, 1, kind)(x), a)
     d_before = np.linalg.norm(x[0] - x[1])
     assert abs(np.linalg.norm(a[0] - a[1]) / d_before - 1) < 0.3
+    np.testing.assert_array_equal(Reducer(2000, 0, kind)(x), x)  # narrow vectors pass unchanged
+
+
+def test_sparse_projection_preserves_distances_at_monitor_scale():
+    """The monitor's case: ~37k state features to 2048, where the dense matrix would be 288 MiB."""
+    x = np.random.default_rng(1).normal(size=(6, 36_864)).astype(np.float32)
+    y = Reducer(2048, 0, "sparse")(x)
+    for i, j in [(0, 1), (2, 3), (4, 5)]:
+        assert abs(np.linalg.norm(y[i] - y[j]) / np.linalg.norm(x[i] - x[j]) - 1) < 0.1
+
+
+def test_projection_setting_is_checked_and_keeps_old_store_settings():
+    with pytest.raises(ValueError, match="unknown projection 'dense'.*gaussian, sparse"):
+        RepresentationSettings(projection="dense")
+    assert "projection" not in RepresentationSettings().to_dict()  # stores made before the option stay valid
+    sparse = RepresentationSettings(projection="sparse")
+    assert RepresentationSettings.from_dict(sparse.to_dict()) == sparse

@@ -115,6 +115,10 @@ def test_study_bad_input_errors(setup, tmp_path):
     assert r.exit_code == 2 and "unknown suite" in r.output
     r = CliRunner().invoke(app, ["study", "--models", "gpt-17", "-o", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown model" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[study]\nprojection = "dense"\n')
+    r = CliRunner().invoke(app, ["study", "-c", str(bad), "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "unknown projection 'dense'" in r.output and not (tmp_path / "y").exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = CliRunner().invoke(app, ["study", "--quick", "-o", str(blocker / "out")])

@@ -170,7 +170,10 @@ def _study_config(config: Optional[Path], quick: bool, **flags):
         if unknown:
             fail(f"{config}: unknown study settings {unknown}. Available: {', '.join(sorted(known))}")
     values.update({k: v for k, v in flags.items() if v is not None})
-    return StudyConfig.quick(**values) if quick else StudyConfig(**values)
+    try:
+        return StudyConfig.quick(**values) if quick else StudyConfig(**values)
+    except ValueError as e:
+        fail(f"{config or 'study settings'}: {e}")
 
 
 def _split(x: Optional[str]) -> Optional[list[str]]:

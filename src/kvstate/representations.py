@@ -17,7 +17,10 @@ Names are stable (``family/name@read``) and every vector is float32. Families:
 
 Large vectors go through a documented, seeded, data-independent reduction so that nothing is fitted
 on test data: phi dimensions above d are sketched per head with a fixed Gaussian matrix, and whole
-vectors above ``max_dim`` with sklearn's SparseRandomProjection (fit only on the shape).
+vectors above ``max_dim`` with a seeded random projection that depends only on the shape: dense
+Gaussian (``projection="gaussian"``, the default) or sklearn's very sparse ``SparseRandomProjection``
+(``projection="sparse"``: ~1/sqrt(D) of the entries non-zero, so a live monitor can project every
+generated token at a small fraction of the dense matrix's cost).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .phi import get_phi
 from .state import parallel_state
 
 POSITIVE_PHI = ("elu", "relu", "random", "taylor")
+PROJECTIONS = ("gaussian", "sparse")  # Reducer kinds
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,17 @@ class RepresentationSettings:
     hier_dim: int = 64  # per head and segment, after a seeded sketch
     max_dim: int = 2048
     seed: int = 0
+    projection: str = "gaussian"  # or "sparse" (see Reducer)
+
+    def __post_init__(self):
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}. Available: {', '.join(PROJECTIONS)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["projection"] == "gaussian":  # added later: left out at its default so older stores stay valid
+            del d["projection"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RepresentationSettings":
@@ -69,24 +81,37 @@ def _sketch(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
 
 
 class Reducer:
-    """Seeded, data-independent Gaussian random projection of too-long vectors (Johnson-Lindenstrauss).
+    """Seeded, data-independent random projection of too-long vectors (Johnson-Lindenstrauss).
 
-    The matrix depends only on (input size, max_dim, seed), never on data, so applying it before
-    any train/test split leaks nothing; distances are preserved up to a small distortion.
+    The matrix depends only on (input size, max_dim, seed, kind), never on data, so applying it
+    before any train/test split leaks nothing; distances are preserved up to a small distortion.
+    ``"gaussian"`` is a dense matrix (368,640 x 2048 floats = 2.8 GiB for all layers of smollm2);
+    ``"sparse"`` is Li et al.'s very sparse projection (density 1/sqrt(D), same guarantee), which
+    costs ~sqrt(D) times less to build, hold and apply.
     """
 
-    def __init__(self, max_dim: int, seed: int):
-        self.max_dim, self.seed = max_dim, seed
+    def __init__(self, max_dim: int, seed: int, kind: str = "gaussian"):
+        self.max_dim, self.seed, self.kind = max_dim, seed, kind
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1] <= self.max_dim:
             return x
+        if self.kind == "sparse":
+            return np.asarray(_sparse_projection(x.shape[1], self.max_dim, self.seed).transform(x), dtype=np.float32)
         return (torch.from_numpy(x) @ _projection(x.shape[1], self.max_dim, self.seed)).numpy()
 
 
 @functools.lru_cache(maxsize=8)
 def _projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
     return _sketch.__wrapped__(dim_in, dim_out, seed).T.contiguous()  # (dim_in, dim_out), not cached twice
+
+
+@functools.lru_cache(maxsize=8)
+def _sparse_projection(dim_in: int, dim_out: int, seed: int):
+    from sklearn.random_projection import SparseRandomProjection
+
+    # fit() reads only the number of columns; the matrix is drawn from the seed
+    return SparseRandomProjection(dim_out, dense_output=True, random_state=seed).fit(np.zeros((1, dim_in), np.float32))
 
 
 def _hash_bow(texts: list[str], n_features: int = 2048) -> np.ndarray:
@@ -108,7 +133,7 @@ class RepresentationRecorder(Recorder):
         self.layers = list(settings.layers) or list(range(num_layers))
         self.num_layers = num_layers
         self.phis = [get_phi(p) for p in settings.phis]
-        self.reduce = Reducer(settings.max_dim, settings.seed)
+        self.reduce = Reducer(settings.max_dim, settings.seed, settings.projection)
         self.rows: list[dict[str, np.ndarray]] = []
         self.dims: dict[str, int] = {}
 
@@ -410,4 +435,4 @@ def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, se
     else:
         raise ValueError(f"unknown kv read-out {kind!r}. Available: {', '.join(KV_KINDS)}")
     flat = x.float().flatten(1).cpu().numpy()
-    return Reducer(settings.max_dim, settings.seed)(np.ascontiguousarray(flat))
+    return Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(flat))

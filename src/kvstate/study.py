@@ -41,6 +41,7 @@ class StudyConfig:
     n_splits: int = 5
     n_boot: int = 500
     reduce_above: int = 512  # unsupervised detectors see PCA-64 (fitted per fold) above this dim
+    projection: str = "gaussian"  # stored vectors above 2048 dims: "gaussian" or "sparse" (a ~60x cheaper live monitor)
     dtype: str = "float32"
     batch_size: int = 8
     chunk: int = 32  # items per store shard (the unit of resumption)
@@ -54,6 +55,12 @@ class StudyConfig:
     engine: str = "local"  # or "ray": extraction as a Ray Data pipeline into the same store
     ray_address: str | None = None
     ray_workers: int = 2
+
+    def __post_init__(self):  # fail before any model is loaded
+        from .representations import PROJECTIONS
+
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}. Available: {', '.join(PROJECTIONS)}")
 
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
@@ -385,7 +392,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         lm = load_model(model_name, dtype=cfg.dtype)
         from .extract import check_layers
 
-        settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed)
+        settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
+                                          projection=cfg.projection)
         per_suite = {}
         for suite_name, suite in suites.items():
             t0 = time.perf_counter()
