@@ -110,6 +110,8 @@ def memory_section(mem: dict, lines: list, goals: list, out: Path) -> None:
     lines += ["## 2. Peak extra memory vs length (smollm2-135m, batch 1)", "",
               "Fresh subprocess per cell: load model (+ peer wrapper), warm up on 16 tokens, reset the kernel's "
               "peak-RSS counter (`/proc/self/clear_refs` ← 5), run once, read `VmHWM` − RSS before the run. "
+              "Every child runs with `MALLOC_MMAP_THRESHOLD_=1048576`, so freed large blocks return to the OS and RSS "
+              "tracks live tensors rather than glibc's heap retention. "
               "Includes the forward's own activations and logits (B×T×vocab floats: 1.6 GB at 8192 tokens), "
               "so the capture's own cost is the difference to the plain forward. `output` = bytes of what the "
               "method returns/keeps (states, cache, hidden states, saved tensors).", ""]

@@ -336,7 +336,11 @@ def bench_memory(quick: bool) -> dict:
                 continue
             log(f"memory {method} T={T}")
             cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", method, str(T), model_name]
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            # every method alike: large blocks go to mmap and back to the OS when freed, so peak RSS
+            # tracks live tensors instead of glibc's heap retention (which moved kvstate's 8192-token
+            # number by hundreds of MB between runs)
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
             if p.returncode != 0:
                 out["runs"].append({"method": method, "tokens": T, "error": p.stderr.strip().splitlines()[-1:]})
                 log("  failed:", p.stderr[-500:])

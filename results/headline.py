@@ -1,0 +1,74 @@
+"""Cross-model headline tables from results/<model>/results.json (printed as Markdown).
+
+    .venv/bin/python results/headline.py > results/headline.md
+
+Table 1 is the study's own summary per (model, task): best unsupervised KV-state row vs best
+unsupervised activation row (maxima over representations x detectors, so optimistic), the probes
+as an upper bound, and the controls. Table 2 fixes the detector (Mahalanobis, PCA-64 first when the
+vector is wide) and varies only the token range / RoPE / normalisation of the identity state S/n, the
+ablations the pilot's AUROC 0.6-0.7 asked for; the best read point (prompt_end or end) is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kvstate.report import best_row, compare
+
+HERE = Path(__file__).resolve().parent
+MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"]
+ABLATIONS = [("S/n", "post-RoPE, all tokens"), ("S/n-content", "sink + template dropped"), ("S/n-pre", "pre-RoPE"),
+             ("S/n-pre-content", "pre-RoPE, content"), ("S/n-hn", "per-head normalised")]
+MAHALANOBIS = ("mahalanobis", "pca64+mahalanobis")
+
+
+def _ci(row: dict | None, tpr: bool = False) -> str:
+    if not row:
+        return "–"
+    out = f"{row['auroc']:.2f} [{row['auroc_lo']:.2f}, {row['auroc_hi']:.2f}]"
+    return out + (f", TPR@1%FPR {row['tpr_at_1fpr']:.2f}" if tpr else "")
+
+
+def _rep(name: str, table: list[dict]) -> dict | None:
+    """Best read point of one representation under the fixed Mahalanobis detector."""
+    rows = [r for r in table if r["representation"].split("@")[0] == name and r["detector"] in MAHALANOBIS
+            and not r["supervised"] and r.get("auroc") is not None]
+    return max(rows, key=lambda r: r["auroc"]) if rows else None
+
+
+def main(models: list[str]) -> None:
+    found = [(m, json.loads((HERE / m / "results.json").read_text())) for m in models if (HERE / m / "results.json").exists()]
+    print("| model | task | n (0/1) | length only | best unsupervised KV state | best unsupervised activation | "
+          "KV probe | activation probe | BoW probe | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m, res in found:
+        for key, task in res["tasks"].items():
+            c, table = compare(task), task["table"]
+            bow = [r for r in table if r["representation"].startswith("ctl-bow") and r["supervised"]]
+            counts = task.get("label_counts") or {}
+            n = f"{counts.get('0', counts.get(0, '?'))}/{counts.get('1', counts.get(1, '?'))}"
+            kv = f"{_ci(c.kv, True)} `{c.kv['representation']}` {c.kv['detector']}" if c.kv else "–"
+            act = f"{_ci(c.act, True)} `{c.act['representation']}` {c.act['detector']}" if c.act else "–"
+            if c.outcome in ("wins", "loses", "ties"):
+                side = {"wins": "KV state", "loses": "activation", "ties": "tie"}[c.outcome]
+                verdict = side + (" (CIs overlap)" if c.overlap else "")
+            else:
+                verdict = c.outcome
+            print(f"| {m} | {task['suite']} | {n} | {c.length_auroc:.2f} | {kv} | {act} | "
+                  f"{_ci(best_row(table, 'kv-state', True))} | {_ci(best_row(table, 'activation', True))} | "
+                  f"{_ci(max(bow, key=lambda r: r['auroc']) if bow else None)} | {verdict} |")
+    print()
+    print("Identity-state ablations, Mahalanobis (PCA-64 first above 512 dims), AUROC [95% CI] at the better read point:")
+    print()
+    print("| model | task | " + " | ".join(f"`{a}` ({d})" for a, d in ABLATIONS) + " | residual `act-resid-last` |")
+    print("|---|---|" + "---|" * (len(ABLATIONS) + 1))
+    for m, res in found:
+        for task in res["tasks"].values():
+            cells = [_ci(_rep(f"kv-identity-{a}", task["table"])) for a, _ in ABLATIONS]
+            print(f"| {m} | {task['suite']} | " + " | ".join(cells) + f" | {_ci(_rep('act-resid-last', task['table']))} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or MODELS)
