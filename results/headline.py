@@ -6,7 +6,8 @@ Table 1 is the study's own summary per (model, task): best unsupervised KV-state
 unsupervised activation row (maxima over representations x detectors, so optimistic), the probes
 as an upper bound, and the controls. Table 2 fixes the detector (Mahalanobis, PCA-64 first when the
 vector is wide) and varies only the token range / RoPE / normalisation of the identity state S/n, the
-ablations the pilot's AUROC 0.6-0.7 asked for; the best read point (prompt_end or end) is shown.
+ablations the pilot's AUROC 0.6-0.7 asked for, all read at the end of the conversation (no selection
+over read points: for hallucination pairs the prompt alone is identical, so prompt_end is 0.50 by design).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ def _ci(row: dict | None, tpr: bool = False) -> str:
 
 
 def _rep(name: str, table: list[dict]) -> dict | None:
-    """Best read point of one representation under the fixed Mahalanobis detector."""
-    rows = [r for r in table if r["representation"].split("@")[0] == name and r["detector"] in MAHALANOBIS
+    """One representation read at the end, under the fixed Mahalanobis detector."""
+    rows = [r for r in table if r["representation"] == f"{name}@end" and r["detector"] in MAHALANOBIS
             and not r["supervised"] and r.get("auroc") is not None]
-    return max(rows, key=lambda r: r["auroc"]) if rows else None
+    return rows[0] if rows else None
 
 
 def main(models: list[str]) -> None:
@@ -60,7 +61,7 @@ def main(models: list[str]) -> None:
                   f"{_ci(best_row(table, 'kv-state', True))} | {_ci(best_row(table, 'activation', True))} | "
                   f"{_ci(max(bow, key=lambda r: r['auroc']) if bow else None)} | {verdict} |")
     print()
-    print("Identity-state ablations, Mahalanobis (PCA-64 first above 512 dims), AUROC [95% CI] at the better read point:")
+    print("Identity-state ablations, Mahalanobis (PCA-64 first above 512 dims), AUROC [95% CI], read at the end:")
     print()
     print("| model | task | " + " | ".join(f"`{a}` ({d})" for a, d in ABLATIONS) + " | residual `act-resid-last` |")
     print("|---|---|" + "---|" * (len(ABLATIONS) + 1))

@@ -11,8 +11,8 @@ run() {  # model limit dtype [extra study flags]
 }
 case "${1:-all}" in
   smollm2-135m) run smollm2-135m 120 float32 ;;
-  gemma3-270m) run gemma3-270m 60 float32 -c results/configs/no-taylor.toml ;;
-  qwen2.5-0.5b) run qwen2.5-0.5b 60 float32 ;;
-  qwen2.5-1.5b) run qwen2.5-1.5b 40 bfloat16 -c results/configs/no-taylor.toml ;;
+  gemma3-270m) run gemma3-270m 120 float32 -c results/configs/no-taylor.toml ;;
+  qwen2.5-0.5b) run qwen2.5-0.5b 120 float32 ;;
+  qwen2.5-1.5b) run qwen2.5-1.5b 60 bfloat16 -c results/configs/no-taylor.toml ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac
