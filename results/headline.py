@@ -13,6 +13,7 @@ over read points: for hallucination pairs the prompt alone is identical, so prom
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"]
 ABLATIONS = [("S/n", "post-RoPE, all tokens"), ("S/n-content", "sink + template dropped"), ("S/n-pre", "pre-RoPE"),
              ("S/n-pre-content", "pre-RoPE, content"), ("S/n-hn", "per-head normalised")]
 MAHALANOBIS = ("mahalanobis", "pca64+mahalanobis")
+PHIS = ["identity", "elu", "random64", "taylor"]
 
 
 def _ci(row: dict | None, tpr: bool = False) -> str:
@@ -69,6 +71,28 @@ def main(models: list[str]) -> None:
         for task in res["tasks"].values():
             cells = [_ci(_rep(f"kv-identity-{a}", task["table"])) for a, _ in ABLATIONS]
             print(f"| {m} | {task['suite']} | " + " | ".join(cells) + f" | {_ci(_rep('act-resid-last', task['table']))} |")
+    print()
+    print("Live monitor (threshold at 1% FPR of out-of-fold normal scores per step; rates per sequence):")
+    print()
+    print("| model | suite | representation | test items (anomalous) | anomalous flagged | normal flagged | median tokens to flag |")
+    print("|---|---|---|---|---|---|---|")
+    for m, res in found:
+        for key, mon in (res.get("monitor") or {}).items():
+            if "n_test" not in mon:
+                print(f"| {m} | {key.split('/')[-1]} | – | {mon.get('error', mon)} | | | |")
+                continue
+            print(f"| {m} | {key.split('/')[-1]} | `{mon['representation']}` | {mon['n_test']} ({mon['n_anomalous']}) | "
+                  f"{mon['flagged_anomalous']:.2f} | {mon['flagged_normal']:.2f} | {mon['median_tokens_to_flag']} |")
+    print()
+    print("phi fidelity: relative error of the linear-attention output against softmax attention, median over the study layers:")
+    print()
+    print("| model | layers | " + " | ".join(PHIS) + " |")
+    print("|---|---|" + "---|" * len(PHIS))
+    for m, res in found:
+        for name, fid in (res.get("fidelity") or {}).items():
+            series = fid.get("series", {})
+            cells = [f"{statistics.median(series[p]):.2f}" if p in series else "–" for p in PHIS]
+            print(f"| {name} | {fid.get('layers')} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
