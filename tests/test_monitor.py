@@ -130,6 +130,34 @@ def test_save_load_round_trip(tmp_path):
         load_monitor(tmp_path)
 
 
+class Norm:
+    """A detector whose score is the feature norm (grows and moves with the state)."""
+
+    def decision_function(self, X):
+        return np.linalg.norm(X, axis=1)
+
+
+def test_calibrate_sets_a_per_sequence_threshold():
+    lm = tiny_model("llama")
+    prompts = ["Tell me about cats", "Dogs?", "What is the weather like on Mars today", "Hi"]
+    mon = Monitor(lm, _spec(lm), Norm(), every=2)
+    threshold = mon.calibrate(prompts, fpr=0.0, max_new_tokens=6)
+    assert mon.spec.threshold == threshold and mon.spec.notes["calibration"]["level"] == "sequence"
+    res = Monitor(lm, _spec(lm), Norm(), every=2).generate(prompts, max_new_tokens=6)
+    assert threshold == pytest.approx(np.nanmax(res.scores))  # fpr 0: the highest step of any normal sequence
+    mon.stop = True
+    again = mon.generate(prompts, max_new_tokens=6)
+    assert mon.stop and again.stopped_at == [None] * 4  # no calibration sequence is flagged at any step
+    # the quantile is over each sequence's highest step, not over all steps (which would be lower)
+    peaks = np.nanmax(res.scores, axis=1)
+    assert mon.calibrate(prompts, fpr=0.25, max_new_tokens=6) == pytest.approx(np.quantile(peaks, 0.75))
+    assert np.quantile(peaks, 0.75) > np.nanquantile(res.scores, 0.75)
+    with pytest.raises(ValueError, match="at least 2 normal prompts"):
+        mon.calibrate(prompts[:1])
+    with pytest.raises(ValueError, match="needs a fitted detector"):
+        Monitor(lm, _spec(lm)).calibrate(prompts)
+
+
 def test_stop_needs_threshold():
     lm = tiny_model("llama")
     with pytest.raises(ValueError, match="needs a threshold"):

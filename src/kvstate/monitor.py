@@ -177,6 +177,32 @@ class Monitor:
         self._alive &= ~done
         return flag.to(input_ids.device)
 
+    def calibrate(self, prompts: Sequence[Any], *, fpr: float = 0.01, max_new_tokens: int = 64,
+                  **generate_kwargs) -> float:
+        """Set the threshold per *sequence*: about ``fpr`` of normal generations cross it at any step.
+
+        A threshold at the (1 - fpr) quantile of single normal states (what :func:`fit_monitor`
+        calibrates) is crossed by far more than ``fpr`` of normal replies, because every step is a
+        new test. Here the monitor generates from held-out normal ``prompts`` (not the detector's
+        training items, whose scores are optimistically low), takes each sequence's highest scored
+        step, and sets ``spec.threshold`` to the (1 - fpr) quantile of those maxima.
+        """
+        if self.detector is None:
+            raise ValueError("no detector: calibrate needs a fitted detector (load_monitor or fit_monitor)")
+        if len(prompts) < 2:
+            raise ValueError("calibrate needs at least 2 normal prompts (use ~1/fpr of them for a stable quantile)")
+        stop, self.stop = self.stop, False  # a stopped row would hide its later, higher scores
+        try:
+            res = self.generate(prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+        finally:
+            self.stop = stop
+        peaks = np.nanmax(res.scores, axis=1)  # a finished row's state no longer changes, so its score neither
+        self.spec.threshold = float(np.quantile(peaks, 1 - fpr))
+        self.spec.fpr = fpr
+        self.spec.notes["calibration"] = {"level": "sequence", "n_prompts": len(prompts), "max_new_tokens": max_new_tokens,
+                                          "every": self.every}
+        return self.spec.threshold
+
     # -- generation -------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Any], *, max_new_tokens: int = 64, chat: bool | None = None,
