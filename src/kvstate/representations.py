@@ -59,8 +59,7 @@ class RepresentationSettings:
     projection: str = "gaussian"  # or "sparse" (see Reducer)
 
     def __post_init__(self):
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {self.projection!r}. Available: {', '.join(PROJECTIONS)}")
+        Reducer(self.max_dim, self.seed, self.projection)  # checks the projection name
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -91,6 +90,8 @@ class Reducer:
     """
 
     def __init__(self, max_dim: int, seed: int, kind: str = "gaussian"):
+        if kind not in PROJECTIONS:
+            raise ValueError(f"unknown projection {kind!r}. Available: {', '.join(PROJECTIONS)}")
         self.max_dim, self.seed, self.kind = max_dim, seed, kind
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
