@@ -22,6 +22,7 @@ from kvstate.evaluate import (
     evaluate_length_matched,
     length_matched_indices,
     metrics,
+    selection_corrected,
     shuffled_label_control,
     transfer_matrix,
 )
@@ -331,3 +332,25 @@ def test_comparison_table():
     assert (df["dim"] == 8).all()
     json.dumps(df.to_dict(orient="records"))
     assert comparison_table({}).empty
+
+
+def test_selection_corrected_removes_best_of_many_bias():
+    # family "noise": 60 candidates with no signal; family "real": one candidate with a modest signal
+    rng = np.random.default_rng(0)
+    n = 120
+    y = np.r_[np.zeros(n // 2, int), np.ones(n // 2, int)]
+    groups = np.arange(n) // 2
+    scores = {f"noise{i}": rng.normal(size=n) for i in range(60)}
+    scores["real"] = rng.normal(size=n) + 0.8 * y
+    fams = {k: ("real" if k == "real" else "noise") for k in scores}
+    naive = max(roc_auc_score(y, s) for k, s in scores.items() if fams[k] == "noise")
+    assert naive > 0.6  # the max over 60 chance-level candidates looks like a signal
+    out = selection_corrected(scores, fams, y, groups, n_repeats=10, seed=0)
+    noise, real = out["families"]["noise"], out["families"]["real"]
+    assert abs(noise["auroc"] - 0.5) < 0.05 and noise["lo"] < 0.5 < noise["hi"]
+    assert abs(real["auroc"] - roc_auc_score(y, scores["real"])) < 0.05 and real["picks"] == {"real": 20}
+    assert out["wins"]["real"]["noise"] >= 0.75
+    assert selection_corrected(scores, fams, y, groups, n_repeats=10, seed=0) == out  # seeded
+    # non-finite scores drop a candidate instead of poisoning the ranks
+    bad = {**scores, "noise0": np.full(n, np.nan)}
+    assert "noise0" not in selection_corrected(bad, fams, y, groups, n_repeats=2)["families"]["noise"]["picks"]

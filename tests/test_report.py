@@ -241,6 +241,22 @@ def test_verdict_ignores_supervised_and_controls_and_handles_gaps():
     assert "No length control" in verdict(_task((0.8, 0.7, 0.9), (0.7, 0.6, 0.8), length=None))
 
 
+def test_verdict_and_summary_quote_the_held_out_choice():
+    task = {**_task((0.80, 0.70, 0.90), (0.75, 0.65, 0.85)),
+            "selection_corrected": {"n_repeats": 20, "wins": {"kv-state": {"activation": 0.3}},
+                                    "families": {"kv-state": {"auroc": 0.61, "lo": 0.52, "hi": 0.70},
+                                                 "activation": {"auroc": 0.66, "lo": 0.58, "hi": 0.74}}}}
+    v = verdict(task)
+    assert ("Chosen on half the groups and scored on the other half (20 random halvings), the best KV state "
+            "reaches 0.61 [0.52, 0.70] and the best activation 0.66 [0.58, 0.74]; KV state is ahead in 30% of the halves.") in v
+    assert v.index("beats") < v.index("Chosen") < v.index("Length alone")
+    row = summary({"tasks": {"m/t": task}})[0]
+    assert row["sel_kv"]["auroc"] == 0.61 and row["sel_act"]["auroc"] == 0.66
+    html = render_html({"tasks": {"m/t": task}})
+    assert "0.61 [0.52, 0.70] /" in html and "held-out choice" in html
+    assert "Chosen on half" not in verdict(_task((0.80, 0.70, 0.90), (0.75, 0.65, 0.85)))  # older results
+
+
 def test_given_verdict_is_kept_and_summary_winner():
     res = {"tasks": {"a/b": {**_task((0.9, 0.85, 0.95), (0.7, 0.6, 0.78)), "verdict": "hand-written"},
                      "a/c": _task((0.78, 0.70, 0.86), (0.74, 0.66, 0.82)),

@@ -48,6 +48,10 @@ def setup(tmp_path_factory):
     return root, cfg
 
 
+def html_verdicts(path):
+    return "".join(line for line in path.read_text().splitlines() if 'class="verdict"' in line)
+
+
 def _strip(obj):
     if isinstance(obj, dict):
         return {k: _strip(v) for k, v in obj.items() if k not in TIMING}
@@ -72,6 +76,12 @@ def test_end_to_end_tiny_study(setup):
     assert all(v > 0 for s in fid["series"].values() for v in s)
     mon = res["monitor"]["tiny-llama/alpha"]
     assert mon["n_test"] == 6 and 0 <= mon["flagged_normal"] <= 1 and 0 <= mon["flagged_anomalous"] <= 1
+    assert mon["n_calibration"] >= 2 and 0 <= mon["seq_flagged_normal"] <= 1 and 0 <= mon["seq_flagged_anomalous"] <= 1
+    assert mon["peak_auroc"] is None or 0 <= mon["peak_auroc"] <= 1
+    sel = task["selection_corrected"]
+    assert set(sel["families"]) == {"kv-state", "activation"} and sel["n_repeats"] == 20
+    assert all(0 <= f["lo"] <= f["auroc"] <= f["hi"] <= 1 and sum(f["picks"].values()) == 40 for f in sel["families"].values())
+    assert "Chosen on half the groups" in html_verdicts(root / "run" / "report.html")
     html = (root / "run" / "report.html").read_text()
     assert "tiny-llama/alpha" in html and json.loads((root / "run" / "results.json").read_text())["tasks"]
     # a rerun recomputes nothing and gives the same numbers

@@ -151,7 +151,21 @@ def verdict(task: Mapping[str, Any]) -> str:
         head = f"Best activation baseline {_describe(c.act)}; no unsupervised KV-state result to compare with."
     else:
         head = "No unsupervised KV-state or activation result for this task."
-    return f"{head} {_length_sentence(c)}"
+    return " ".join(filter(None, [head, _selection_sentence(task), _length_sentence(c)]))
+
+
+def _selection_sentence(task: Mapping[str, Any]) -> str:
+    """The best-of-many comparison again, with the choice made on other items than the score."""
+    sel = task.get("selection_corrected") or {}
+    fams = sel.get("families") or {}
+    kv, act = fams.get("kv-state"), fams.get("activation")
+    if not (kv and act):
+        return ""
+    ahead = ((sel.get("wins") or {}).get("kv-state") or {}).get("activation")
+    return (f"Chosen on half the groups and scored on the other half ({sel.get('n_repeats')} random halvings), "
+            f"the best KV state reaches {_fmt(kv['auroc'])} [{_fmt(kv['lo'])}, {_fmt(kv['hi'])}] and the best "
+            f"activation {_fmt(act['auroc'])} [{_fmt(act['lo'])}, {_fmt(act['hi'])}]"
+            + (f"; KV state is ahead in {ahead:.0%} of the halves." if ahead is not None else "."))
 
 
 def summary(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -166,8 +180,9 @@ def summary(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             winner = side if side == "tie" or c.overlap is False else f"{side} (CIs overlap)"
         else:
             winner = "–"
-        out.append({"key": key, "n": task.get("n"), "kv": c.kv, "act": c.act,
-                    "length_auroc": c.length_auroc, "winner": winner})
+        sel = (task.get("selection_corrected") or {}).get("families") or {}
+        out.append({"key": key, "n": task.get("n"), "kv": c.kv, "act": c.act, "length_auroc": c.length_auroc,
+                    "winner": winner, "sel_kv": sel.get("kv-state"), "sel_act": sel.get("activation")})
     return out
 
 

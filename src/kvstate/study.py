@@ -180,7 +180,7 @@ def _family(name: str) -> str:
 def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items, log: Callable = _log) -> dict:
     """Every representation x detector, grouped CV, CIs, length-matched AUROC, sweep, controls."""
     from .evaluate import (confound_warnings, evaluate_detector, evaluate_length_matched, length_matched_indices,
-                           metrics as metric_fn, shuffled_label_control)
+                           metrics as metric_fn, selection_corrected, shuffled_label_control)
 
     y = index["label"].to_numpy().astype(int)
     groups = index["group"].to_numpy()
@@ -227,6 +227,12 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
     log(f"  evaluated {len(rows)} representation x detector rows")
     task = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows}
     task["curves"] = _curves(rows, results)
+    # the "best" rows above are maxima over many candidates; this picks on half the groups, scores the other
+    unsup = {f"{r['representation']}|{r['detector']}": r for r in rows
+             if not r["supervised"] and r["family"] in ("kv-state", "activation")}
+    task["selection_corrected"] = selection_corrected(
+        {k: results[(r["representation"], r["detector"])].scores for k, r in unsup.items()},
+        {k: r["family"] for k, r in unsup.items()}, y, groups, seed=cfg.seed)
     task["layer_sweep"] = _sweep(arrays, y, groups, cfg)
     length_auc = metric_fn(y, lengths)["auroc"]
     warn = confound_warnings(lengths, y)
@@ -330,43 +336,69 @@ def _fidelity(lm, cfg: StudyConfig) -> dict:
 
 
 def evaluate_monitor(lm, items, index, arrays, settings, cfg: StudyConfig) -> dict:
-    """Live monitor on held-out items: fit on the train split's normal end-of-text states (threshold
-    at ``monitor_fpr`` on out-of-fold normal scores), then generate test-split replies with the
-    monitor and count who gets flagged, and after how many tokens."""
-    from .monitor import Monitor, fit_monitor
+    """Live monitor on held-out items, under both thresholds a user can calibrate.
 
+    Grouped, stratified quarters (the suites' own split may hold one class only): the detector is
+    fitted on the normal end-of-text states of half the groups, with the per-step threshold at
+    ``monitor_fpr`` of their out-of-fold scores (:func:`fit_monitor`); the normal prompts of a quarter
+    are generated with the monitor to set the per-sequence threshold (as :meth:`Monitor.calibrate`);
+    the last quarter is generated once and scored under both. The peak AUROC (each reply's highest
+    score, anomalous vs normal) needs no threshold at all.
+    """
+    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedGroupKFold
+
+    from .monitor import Monitor, fit_monitor
 
     rep = cfg.monitor_representation
     y = index["label"].to_numpy().astype(int)
     groups = index["group"].to_numpy()
-    # a grouped, stratified hold-out of about a third (the suites' own split may hold one class only)
-    _, test_idx = next(StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=cfg.seed).split(y, y, groups))
-    train = np.ones(len(y), dtype=bool)
-    train[test_idx] = False
-    spec, det = fit_monitor(arrays[rep][train], y[train], groups[train], rep,
-                            settings.to_dict(), fpr=cfg.monitor_fpr, seed=cfg.seed, model=lm.name)
-    test = [it for it, t in zip(items, train) if not t]
+    test_idx, calib_idx, *fit_idx = [part for _, part in StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=cfg.seed)
+                                      .split(y, y, groups)]
+    fit = np.zeros(len(y), dtype=bool)
+    fit[np.concatenate(fit_idx)] = True
+    spec, det = fit_monitor(arrays[rep][fit], y[fit], groups[fit], rep, settings.to_dict(), fpr=cfg.monitor_fpr,
+                            seed=cfg.seed, model=lm.name)
     rng = np.random.default_rng(cfg.seed)
-    test = [test[i] for i in sorted(rng.permutation(len(test))[: cfg.monitor_items])]
-    flags, firsts = [], []
-    for s in range(0, len(test), cfg.batch_size):
-        part = test[s : s + cfg.batch_size]
-        res = Monitor(lm, spec, det).generate([{"messages": it.messages} for it in part], max_new_tokens=cfg.max_new_tokens)
-        for row in res.scores:
-            over = np.nonzero(row > spec.threshold)[0]
-            flags.append(len(over) > 0)
-            firsts.append(int(over[0]) if len(over) else None)
+
+    def pick(idx, n):
+        return [items[i] for i in sorted(rng.permutation(idx)[:n])]
+
+    def scores(part):  # one row of per-step scores per reply
+        return [row for s in range(0, len(part), cfg.batch_size)
+                for row in Monitor(lm, spec, det).generate([{"messages": it.messages} for it in part[s : s + cfg.batch_size]],
+                                                           max_new_tokens=cfg.max_new_tokens).scores]
+
+    calib = pick([i for i in calib_idx if y[i] == 0], cfg.monitor_items)
+    step_threshold = spec.threshold
+    # a finished row's state, and so its score, no longer changes: its peak is over the steps it ran
+    seq_threshold = (float(np.quantile([np.nanmax(r) for r in scores(calib)], 1 - cfg.monitor_fpr))
+                     if len(calib) >= 2 else None)
+    test = pick(test_idx, cfg.monitor_items)
+    rows = scores(test)
+    peak = np.array([np.nanmax(r) for r in rows])
     lab = np.array([it.label for it in test])
-    flags = np.array(flags)
-    first_pos = [f for f, l in zip(firsts, lab) if l == 1 and f is not None]
-    return {"representation": rep, "detector": f"{spec.notes['detector']} (unsupervised, fit on 2/3 of the groups)",
+
+    def rates(threshold):
+        if threshold is None:
+            return None, None
+        flags = peak > threshold
+        return (float(flags[lab == 1].mean()) if (lab == 1).any() else None,
+                float(flags[lab == 0].mean()) if (lab == 0).any() else None)
+
+    step_rates, seq_rates = rates(step_threshold), rates(seq_threshold)
+    first = [int(np.argmax(r > seq_threshold)) for r, l in zip(rows, lab) if l == 1 and seq_threshold is not None
+             and (r > seq_threshold).any()]
+    return {"representation": rep, "detector": f"{spec.notes['detector']} (unsupervised, fit on 1/2 of the groups)",
             "threshold_fpr": cfg.monitor_fpr, "n_test": int(len(test)), "n_anomalous": int(lab.sum()),
-            "flagged_anomalous": float(flags[lab == 1].mean()) if (lab == 1).any() else None,
-            "flagged_normal": float(flags[lab == 0].mean()) if (lab == 0).any() else None,
-            "median_tokens_to_flag": float(np.median(first_pos)) if first_pos else None,
-            "max_new_tokens": cfg.max_new_tokens,
-            "note": "per-sequence rates: a normal reply counts as flagged if any step crosses the per-step threshold"}
+            "n_calibration": len(calib), "max_new_tokens": cfg.max_new_tokens,
+            "peak_auroc": float(roc_auc_score(lab, peak)) if len(np.unique(lab)) == 2 else None,
+            "flagged_anomalous": step_rates[0], "flagged_normal": step_rates[1],
+            "seq_flagged_anomalous": seq_rates[0], "seq_flagged_normal": seq_rates[1],
+            "seq_median_tokens_to_flag": float(np.median(first)) if first else None,
+            "note": "rates per sequence (flagged if any step crosses the threshold); flagged_*: per-step threshold "
+                    "(1% of single normal states), seq_flagged_*: per-sequence threshold (1% of normal replies' peaks, "
+                    "calibrated on generations from held-out normal prompts)"}
 
 
 # ----------------------------------------------------------------------------------- driver
