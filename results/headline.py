@@ -34,6 +34,20 @@ def _ci(row: dict | None, tpr: bool = False) -> str:
     return out + (f", TPR@1%FPR {row['tpr_at_1fpr']:.2f}" if tpr else "")
 
 
+def _held_out(task: dict) -> str:
+    """Selection-corrected best per family (picked on half the groups, scored on the other half)."""
+    sel = task.get("selection_corrected")
+    if not sel:
+        return "not computed"
+    f = sel["families"]
+    cell = lambda x: f"{x['auroc']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
+    return f"{cell(f['kv-state'])} / {cell(f['activation'])} ({sel['wins']['kv-state']['activation']:.0%})"
+
+
+def _rate(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _rep(name: str, table: list[dict]) -> dict | None:
     """One representation read at the end, under the fixed Mahalanobis detector."""
     rows = [r for r in table if r["representation"] == f"{name}@end" and r["detector"] in MAHALANOBIS
@@ -44,8 +58,8 @@ def _rep(name: str, table: list[dict]) -> dict | None:
 def main(models: list[str]) -> None:
     found = [(m, json.loads((HERE / m / "results.json").read_text())) for m in models if (HERE / m / "results.json").exists()]
     print("| model | task | n (0/1) | length only | best unsupervised KV state | best unsupervised activation | "
-          "KV probe | activation probe | BoW probe | verdict |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "held-out choice KV / activation (KV ahead) | KV probe | activation probe | BoW probe | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m, res in found:
         for key, task in res["tasks"].items():
             c, table = compare(task), task["table"]
@@ -59,7 +73,7 @@ def main(models: list[str]) -> None:
                 verdict = side + (" (CIs overlap)" if c.overlap else "")
             else:
                 verdict = c.outcome
-            print(f"| {m} | {task['suite']} | {n} | {c.length_auroc:.2f} | {kv} | {act} | "
+            print(f"| {m} | {task['suite']} | {n} | {c.length_auroc:.2f} | {kv} | {act} | {_held_out(task)} | "
                   f"{_ci(best_row(table, 'kv-state', True))} | {_ci(best_row(table, 'activation', True))} | "
                   f"{_ci(max(bow, key=lambda r: r['auroc']) if bow else None)} | {verdict} |")
     print()
@@ -72,17 +86,24 @@ def main(models: list[str]) -> None:
             cells = [_ci(_rep(f"kv-identity-{a}", task["table"])) for a, _ in ABLATIONS]
             print(f"| {m} | {task['suite']} | " + " | ".join(cells) + f" | {_ci(_rep('act-resid-last', task['table']))} |")
     print()
-    print("Live monitor (threshold at 1% FPR of out-of-fold normal scores per step; rates per sequence):")
+    print("Live monitor on held-out items (rates per reply: flagged if any step crosses the threshold). "
+          "Per-step threshold: 1% FPR of single normal states; per-sequence threshold: 1% FPR of the peaks of "
+          "normal replies generated from held-out prompts (`Monitor.calibrate`); peak AUROC: each reply's highest score.")
     print()
-    print("| model | suite | representation | test items (anomalous) | anomalous flagged | normal flagged | median tokens to flag |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | suite | test items (anomalous) | calibration replies | peak AUROC | per-step threshold: anomalous / normal flagged | "
+          "per-sequence threshold: anomalous / normal flagged | median tokens to flag |")
+    print("|---|---|---|---|---|---|---|---|")
     for m, res in found:
         for key, mon in (res.get("monitor") or {}).items():
             if "n_test" not in mon:
-                print(f"| {m} | {key.split('/')[-1]} | – | {mon.get('error', mon)} | | | |")
+                print(f"| {m} | {key.split('/')[-1]} | {mon.get('error', mon)} | | | | | |")
                 continue
-            print(f"| {m} | {key.split('/')[-1]} | `{mon['representation']}` | {mon['n_test']} ({mon['n_anomalous']}) | "
-                  f"{mon['flagged_anomalous']:.2f} | {mon['flagged_normal']:.2f} | {mon['median_tokens_to_flag']} |")
+            seq = "not run (older study)" if "seq_flagged_normal" not in mon else \
+                f"{_rate(mon['seq_flagged_anomalous'])} / {_rate(mon['seq_flagged_normal'])}"
+            first = mon.get("seq_median_tokens_to_flag", mon.get("median_tokens_to_flag"))
+            print(f"| {m} | {key.split('/')[-1]} | {mon['n_test']} ({mon['n_anomalous']}) | {mon.get('n_calibration', '–')} | "
+                  f"{_rate(mon.get('peak_auroc'))} | {_rate(mon['flagged_anomalous'])} / {_rate(mon['flagged_normal'])} | "
+                  f"{seq} | {first if first is not None else '–'} |")
     print()
     print("phi fidelity: relative error of the linear-attention output against softmax attention, median over the study layers:")
     print()

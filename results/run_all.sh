@@ -10,7 +10,7 @@ run() {  # model limit dtype [extra study flags]
   mkdir -p "results/$1" && cp "runs/results/$1/report.html" "runs/results/$1/results.json" "results/$1/"
 }
 case "${1:-all}" in
-  smollm2-135m) run smollm2-135m 120 float32 ;;
+  smollm2-135m) run smollm2-135m 300 float32 ;;
   gemma3-270m) run gemma3-270m 120 float32 -c results/configs/no-taylor.toml ;;
   qwen2.5-0.5b) run qwen2.5-0.5b 120 float32 ;;
   qwen2.5-1.5b) run qwen2.5-1.5b 60 bfloat16 -c results/configs/no-taylor.toml ;;

@@ -89,6 +89,42 @@ def test_end_to_end_tiny_study(setup):
     assert _strip(again["tasks"]) == _strip(res["tasks"])
 
 
+def test_evaluate_reruns_from_the_store_without_the_model(setup, tmp_path, monkeypatch):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from kvstate import models
+    from kvstate.cli import app
+
+    root, cfg = setup
+    res = run_study(cfg, root / "run", command="test")  # cached: recomputes nothing
+    shutil.copytree(root / "run", tmp_path / "run")
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("evaluate must not load a model"))
+    runner = CliRunner()
+    r = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert _strip(again["tasks"]) == json.loads(json.dumps(_strip(res["tasks"])))
+    assert _strip(again["transfer"]) == json.loads(json.dumps(_strip(res["transfer"])))
+    assert again["monitor"] == json.loads(json.dumps(res["monitor"])) and "re-run from the store" in again["meta"]["notes"][-1]
+    r = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "run"), "--detectors", "mahalanobis", "--n-boot", "20"])
+    assert r.exit_code == 0, r.output
+    narrowed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {row["detector"] for t in narrowed["tasks"].values() for row in t["table"]} <= {"mahalanobis", "pca64+mahalanobis"}
+    assert narrowed["meta"]["config"]["n_boot"] == 20 and (tmp_path / "run" / "report.html").exists()
+    # bad input: one line, nothing written
+    before = (tmp_path / "run" / "results.json").read_bytes()
+    r = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "run"), "--detectors", "no-such-detector"])
+    assert r.exit_code == 2 and "no-such-detector" in r.output and len(r.output.strip().splitlines()) == 1
+    assert (tmp_path / "run" / "results.json").read_bytes() == before
+    r = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "kvstate study" in r.output and not (tmp_path / "nothing").exists()
+    shutil.rmtree(tmp_path / "run" / "store" / "tiny-llama" / "alpha")
+    r = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "store" in r.output and (tmp_path / "run" / "results.json").read_bytes() == before
+
+
 def test_killed_study_resumes_to_identical_results(setup, tmp_path):
     root, cfg = setup
     toml = tmp_path / "study.toml"

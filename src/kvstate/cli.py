@@ -226,6 +226,34 @@ def study(
 
 
 @app.command()
+def evaluate(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder (results.json + store)"),
+    representations: Optional[str] = typer.Option(None, help="comma list: evaluate only names starting with one of these"),
+    detectors: Optional[str] = typer.Option(None, help="comma list of detectors, e.g. mahalanobis,knn,logistic"),
+    n_boot: Optional[int] = typer.Option(None, help="bootstrap resamples for the CIs"),
+    n_splits: Optional[int] = typer.Option(None, help="grouped CV folds"),
+) -> None:
+    """Re-evaluate a finished study from its stored states (no model, no capture) and rewrite its report.
+
+    Example: kvstate evaluate -o runs/main --detectors mahalanobis,logistic --n-boot 2000
+    """
+    import shlex
+
+    from .study import evaluate_study
+
+    if not (out / "results.json").exists():
+        fail(f"{out / 'results.json'} does not exist; run `kvstate study -o {out}` first")
+    writable_path(out)
+    try:
+        evaluate_study(out, command="kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                       representations=_split(representations), detectors=_split(detectors), n_boot=n_boot,
+                       n_splits=n_splits)
+    except (ValueError, KeyError) as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
+
+
+@app.command()
 def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder with results.json")) -> None:
     """Re-render report.html from a study's results.json."""
     from .report import write_report

@@ -474,6 +474,65 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     return results
 
 
+#: settings :func:`evaluate_study` may change: they act on stored vectors only
+EVALUATION_SETTINGS = ("representations", "detectors", "all_detectors_for", "n_splits", "n_boot", "reduce_above")
+
+
+def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
+    """Re-run the evaluation of a finished study from its store and rewrite results.json + report.html.
+
+    No model is loaded and nothing is captured: other detectors, a representation filter, more
+    bootstrap resamples, or new evaluation code over the same stored states. With no overrides the
+    numbers equal the study's own. The live-monitor and phi-fidelity sections need the model, so
+    they are kept from the original run (a note in the results says so).
+    """
+    from .data import load_suite
+    from .report import write_report
+    from .store import Store
+
+    out = Path(out)
+    path = out / "results.json"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; run `kvstate study -o {out}` first")
+    unknown = sorted(set(overrides) - set(EVALUATION_SETTINGS))
+    if unknown:
+        raise ValueError(f"{unknown} change what is captured, not how it is evaluated; re-run `kvstate study` "
+                         f"(evaluation settings: {', '.join(EVALUATION_SETTINGS)})")
+    results = json.loads(path.read_text())
+    cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    sources = {_suite_label(n): n for n in cfg.suites}
+    per_model: dict[str, dict] = {}
+    for key, task in results["tasks"].items():
+        t0, model, label = time.perf_counter(), task["model"], task["suite"]
+        root = out / "store" / _safe(model) / _safe(label)
+        if not (root / "store.json").exists():
+            raise ValueError(f"{root}: the store of {key} is missing; re-run `kvstate study -o {out}` to rebuild it")
+        store = Store(root)
+        suite = load_suite(sources[label], limit=cfg.limit, seed=cfg.seed)
+        if suite.generation:  # the study's own cached replies, so the labels are the study's
+            cache = out / "replies" / model / f"{_safe(suite.name)}.json"
+            suite = suite.label_with(json.loads(cache.read_text()) if cache.exists() else {}, strict=True)
+        stored = set(store.index()["item_key"])
+        keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
+        keyed = [(k, it) for k, it in keyed if k in stored]  # items the study dropped as too long are absent
+        index, arrays = store.load(keys=[k for k, _ in keyed])
+        new = evaluate_task(index, arrays, cfg, [it for _, it in keyed])
+        new.update({k: task[k] for k in ("model", "suite", "description", "layers") if k in task},
+                   seconds=round(time.perf_counter() - t0, 1))
+        results["tasks"][key] = new
+        per_model.setdefault(model, {})[label] = (index, arrays)
+        _log(f"[{key}] re-evaluated: {len(new['table'])} rows in {new['seconds']} s")
+    results["transfer"] = {f"{m} | {rep}": block for m, per_suite in per_model.items()
+                           for rep, block in _transfer(per_suite, cfg).items()}
+    results["meta"]["config"] = asdict(cfg)
+    results["meta"]["notes"].append(
+        f"evaluation re-run from the store ({command or 'evaluate_study'}, "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}); monitor and fidelity are from the original run")
+    _atomic_json(path, results)
+    write_report(results, out)
+    return results
+
+
 def _suite_label(name: str) -> str:
     """A file suite is named by its file stem in keys, folders and the report."""
     p = Path(name)
