@@ -217,3 +217,17 @@ def test_study_on_smollm2_small_subset(tmp_path):
     assert {r["family"] for r in task["table"]} == {"kv-state", "activation", "control"}
     assert all(0 <= r["auroc"] <= 1 for r in task["table"])
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_stage_progress_lines_and_summary(capsys):
+    from kvstate.study import _Stage
+
+    with _Stage("capture demo", 3, every=0.0) as stage:
+        for _ in range(3):
+            stage.advance(1)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("  capture demo: 1/3 items,") and "ETA" in err[0] and len(err) == 3
+    assert err[-1].startswith("  capture demo: 3 items in ")  # the one-line summary
+    with pytest.raises(RuntimeError), _Stage("failing", 2) as stage:
+        raise RuntimeError("boom")
+    assert capsys.readouterr().err == ""  # no summary for a stage that failed

@@ -76,6 +76,45 @@ def _log(msg: str) -> None:
     Console(stderr=True, soft_wrap=True).print(msg, highlight=False, markup=False)
 
 
+class _Stage:
+    """Progress of one stage: a rich bar with ETA on a terminal, a log line per step otherwise (log
+    files stay readable: at most one line per ``every`` seconds), and a one-line summary at the end."""
+
+    def __init__(self, desc: str, total: int, unit: str = "items", every: float = 30.0):
+        self.desc, self.total, self.unit, self.every, self.done = desc, total, unit, every, 0
+
+    def __enter__(self) -> "_Stage":
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.t0 = self.last = time.perf_counter()
+        console = Console(stderr=True)
+        self.bar = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            transient=True) if console.is_terminal and self.total else None
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task(self.desc, total=self.total)
+        return self
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(self.task, advance=n)
+        elif time.perf_counter() - self.last >= self.every and self.done < self.total:
+            self.last = time.perf_counter()
+            rate = (self.last - self.t0) / self.done
+            _log(f"  {self.desc}: {self.done}/{self.total} {self.unit}, {rate:.2f} s each, ETA {rate * (self.total - self.done):.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if exc[0] is None and self.total:
+            dt = time.perf_counter() - self.t0
+            _log(f"  {self.desc}: {self.done} {self.unit} in {dt:.0f} s ({dt / max(self.done, 1):.2f} s each)")
+
+
 # ----------------------------------------------------------------------------------- stages
 def _replies(lm, suite, out: Path, cfg: StudyConfig) -> dict[str, str]:
     """Model replies for a suite that needs them, cached as JSON (atomic) and resumed by id."""
@@ -84,12 +123,13 @@ def _replies(lm, suite, out: Path, cfg: StudyConfig) -> dict[str, str]:
     path = out / "replies" / lm.name / f"{_safe(suite.name)}.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
     todo = [it for it in suite.items if it.id not in cache]
-    for s in range(0, len(todo), cfg.chunk):
-        part = todo[s : s + cfg.chunk]
-        got = generate_replies(lm, part, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
-        cache.update({it.id: r for it, r in zip(part, got)})
-        _atomic_json(path, cache)
-        _log(f"  generate {suite.name}: {min(s + cfg.chunk, len(todo))}/{len(todo)} replies")
+    with _Stage(f"generate {suite.name}", len(todo), "replies") as stage:
+        for s in range(0, len(todo), cfg.chunk):
+            part = todo[s : s + cfg.chunk]
+            got = generate_replies(lm, part, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
+            cache.update({it.id: r for it, r in zip(part, got)})
+            _atomic_json(path, cache)
+            stage.advance(len(part))
     return {it.id: cache[it.id] for it in suite.items}
 
 
@@ -144,21 +184,19 @@ def capture_suite(lm, items, out: Path, cfg: StudyConfig, settings, suite_name: 
         _log(f"  ray: {res.computed} items in {res.seconds:.0f} s with {cfg.ray_workers} workers")
         store = Store.open(store.root, store.settings)
         todo = store.missing(keys)
-    t0, done = time.perf_counter(), 0
-    for s in range(0, len(todo), cfg.chunk):
-        part = [by_key[k] for k in todo[s : s + cfg.chunk]]
-        cap = capture_representations(lm, part, settings, reads=["prompt_end", "end"], batch_size=cfg.batch_size,
-                                      progress=False)
-        names = sorted(cap.rows[0])
-        arrays = {n: np.stack([r[n] for r in cap.rows]) for n in names}
-        rows = [{"item_key": k, "id": it.id, "label": int(it.label), "group": str(it.group), "split": it.split,
-                 "n_tokens": int(n), "time_ms": 1000 * cap.seconds_per_item,
-                 "dims": json.dumps({n: cap.dims[n] for n in names})}
-                for k, it, n in zip(todo[s : s + cfg.chunk], part, cap.n_tokens)]
-        store.put(rows, arrays)
-        done += len(part)
-        rate = (time.perf_counter() - t0) / done
-        _log(f"  capture {suite_name}: {done}/{len(todo)} items, {rate:.2f} s/item, ETA {rate * (len(todo) - done):.0f} s")
+    with _Stage(f"capture {suite_name}", len(todo)) as stage:
+        for s in range(0, len(todo), cfg.chunk):
+            part = [by_key[k] for k in todo[s : s + cfg.chunk]]
+            cap = capture_representations(lm, part, settings, reads=["prompt_end", "end"], batch_size=cfg.batch_size,
+                                          progress=False)
+            names = sorted(cap.rows[0])
+            arrays = {n: np.stack([r[n] for r in cap.rows]) for n in names}
+            rows = [{"item_key": k, "id": it.id, "label": int(it.label), "group": str(it.group), "split": it.split,
+                     "n_tokens": int(n), "time_ms": 1000 * cap.seconds_per_item,
+                     "dims": json.dumps({n: cap.dims[n] for n in names})}
+                    for k, it, n in zip(todo[s : s + cfg.chunk], part, cap.n_tokens)]
+            store.put(rows, arrays)
+            stage.advance(len(part))
     return store.load(keys=keys)
 
 
@@ -203,27 +241,29 @@ def evaluate_task(index, arrays: dict[str, np.ndarray], cfg: StudyConfig, items,
         matched = length_matched_indices(lengths, y, seed=cfg.seed)
     except ValueError:  # no length bin holds both classes: length alone separates them
         matched = np.array([], dtype=int)
-    for name in main + extra_reads:
-        base = name.rsplit("@", 1)[0]
-        dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
-        X = arrays[name]
-        for det_name in dets:
-            det = _detector(det_name, X.shape[1], cfg)
-            r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
-                                  representation=name)
-            lm_auc = None
-            if det_name in LENGTH_MATCHED_FOR and len(matched) >= 20 and len(np.unique(y[matched])) == 2:
-                lm_auc = evaluate_length_matched(X, y, groups, lengths, det, n_splits=min(cfg.n_splits, 3), seed=cfg.seed,
-                                                 n_boot=1, ci_metrics=()).metrics["auroc"]
-            rows.append({
-                "representation": name, "family": _family(name), "detector": r.detector, "supervised": r.supervised,
-                "auroc": r.metrics["auroc"], "auroc_lo": r.ci["auroc"][0], "auroc_hi": r.ci["auroc"][1],
-                "auprc": r.metrics["auprc"], "tpr_at_1fpr": r.metrics["tpr_at_1fpr"],
-                "tpr_at_1fpr_lo": r.ci["tpr_at_1fpr"][0], "tpr_at_1fpr_hi": r.ci["tpr_at_1fpr"][1],
-                "fpr_at_95tpr": r.metrics["fpr_at_95tpr"], "dim": int(dims.get(name, X.shape[1])),
-                "dim_used": int(X.shape[1]), "time_per_item_ms": time_ms, "length_matched_auroc": lm_auc,
-            })
-            results[(name, r.detector)] = r
+    with _Stage("evaluate", len(main + extra_reads), "representations") as stage:
+        for name in main + extra_reads:
+            base = name.rsplit("@", 1)[0]
+            dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
+            X = arrays[name]
+            for det_name in dets:
+                det = _detector(det_name, X.shape[1], cfg)
+                r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
+                                      representation=name)
+                lm_auc = None
+                if det_name in LENGTH_MATCHED_FOR and len(matched) >= 20 and len(np.unique(y[matched])) == 2:
+                    lm_auc = evaluate_length_matched(X, y, groups, lengths, det, n_splits=min(cfg.n_splits, 3), seed=cfg.seed,
+                                                     n_boot=1, ci_metrics=()).metrics["auroc"]
+                rows.append({
+                    "representation": name, "family": _family(name), "detector": r.detector, "supervised": r.supervised,
+                    "auroc": r.metrics["auroc"], "auroc_lo": r.ci["auroc"][0], "auroc_hi": r.ci["auroc"][1],
+                    "auprc": r.metrics["auprc"], "tpr_at_1fpr": r.metrics["tpr_at_1fpr"],
+                    "tpr_at_1fpr_lo": r.ci["tpr_at_1fpr"][0], "tpr_at_1fpr_hi": r.ci["tpr_at_1fpr"][1],
+                    "fpr_at_95tpr": r.metrics["fpr_at_95tpr"], "dim": int(dims.get(name, X.shape[1])),
+                    "dim_used": int(X.shape[1]), "time_per_item_ms": time_ms, "length_matched_auroc": lm_auc,
+                })
+                results[(name, r.detector)] = r
+            stage.advance(1)
     log(f"  evaluated {len(rows)} representation x detector rows")
     task = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows}
     task["curves"] = _curves(rows, results)
