@@ -203,6 +203,14 @@ def test_train_monitor_and_monitor_cli(setup, tmp_path):
     r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "alpha",
                             "--representation", "act-resid-last@end", "-o", str(tmp_path / "m3")])
     assert r.exit_code == 2 and "not a state read-out" in r.output
+    r = runner.invoke(app, ["train-monitor", "--study", str(root / "run"), "--model", cfg.models[0], "--suite", "alpha",
+                            "--per-sequence", "--max-new-tokens", "3", "--fpr", "0.05", "-o", str(tmp_path / "m4")])
+    assert r.exit_code == 0, r.output
+    assert "per reply" in r.output
+    spec = json.loads((tmp_path / "m4" / "monitor.json").read_text())
+    cal = spec["notes"]["calibration"]
+    assert cal["level"] == "sequence" and cal["n_prompts"] >= 2 and cal["max_new_tokens"] == 3
+    assert spec["notes"]["n_normal"] < json.loads((tmp_path / "mon" / "monitor.json").read_text())["notes"]["n_normal"]
 
 
 @pytest.mark.slow

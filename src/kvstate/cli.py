@@ -298,6 +298,9 @@ def train_monitor(
     representation: str = typer.Option("kv-elu-S/n-hn@end", help="a kv read-out stored by the study"),
     detector: str = typer.Option("mahalanobis", help="unsupervised: mahalanobis, pca, knn"),
     fpr: float = typer.Option(0.01, help="false-positive rate on normal items for the threshold"),
+    per_sequence: bool = typer.Option(False, "--per-sequence", help="threshold per reply, not per step: hold out a "
+                                      "third of the normal prompts and generate from them (loads the model)"),
+    max_new_tokens: int = typer.Option(40, help="reply length for --per-sequence calibration"),
     out: Path = typer.Option(..., "--out", "-o", help="monitor folder to write"),
 ) -> None:
     """Fit a monitor's detector on a study's stored normal states and calibrate its threshold.
@@ -306,29 +309,20 @@ def train_monitor(
 
       kvstate train-monitor --study runs/study --suite sysprompt -o monitors/sysprompt
     """
-    from .models import MODELS
-    from .monitor import fit_monitor, save_monitor
-    from .store import Store
-    from .study import _safe
+    from .monitor import save_monitor
+    from .study import train_monitor as fit
 
-    name = model if model in MODELS else Path(model).name  # how the study names the model
-    root = study_dir / "store" / _safe(name) / _safe(suite)
-    if not (root / "store.json").exists():
-        fail(f"no stored states for {model}/{suite} in {study_dir}; run `kvstate study` with that model and suite first")
+    if not (study_dir / "store").exists():
+        fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
     writable_path(out)
     try:
-        store = Store(root)
-        index, arrays = store.load()
-        if representation not in arrays:
-            fail(f"{representation!r} is not stored. Available kv read-outs: "
-                 + ", ".join(n for n in arrays if n.startswith("kv-") and "-S" in n))
-        spec, det = fit_monitor(arrays[representation], index["label"].to_numpy(), index["group"].to_numpy(),
-                                representation, store.settings["representations"], detector=detector, fpr=fpr,
-                                model=name)
-    except ValueError as e:
-        fail(str(e).splitlines()[0])
+        spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
+                        max_new_tokens=max_new_tokens)
+    except (ValueError, KeyError) as e:
+        fail(str(e).strip().splitlines()[0])
     save_monitor(out, spec, det)
-    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} "
+    level = "per reply" if per_sequence else "per step"
+    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
                   f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
 
 
