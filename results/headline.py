@@ -40,6 +40,8 @@ def _held_out(task: dict) -> str:
     if not sel:
         return "not computed"
     f = sel["families"]
+    if not {"kv-state", "activation"} <= set(f):
+        return "–"
     cell = lambda x: f"{x['auroc']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
     return f"{cell(f['kv-state'])} / {cell(f['activation'])} ({sel['wins']['kv-state']['activation']:.0%})"
 
