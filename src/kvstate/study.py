@@ -321,12 +321,14 @@ def _sweep(arrays, y, groups, cfg: StudyConfig) -> dict:
 
     layers = sorted(int(n.split("/")[1]) for n in arrays if n.startswith("sweep-kv/"))
     series = {"kv-state": [], "residual": []}
-    for l in layers:
-        for key, name in (("kv-state", f"sweep-kv/{l}"), ("residual", f"sweep-resid/{l}")):
-            X = arrays[name]
-            r = evaluate_detector(X, y, groups, _detector("mahalanobis", X.shape[1], cfg), n_splits=cfg.n_splits,
-                                  seed=cfg.seed, n_boot=1, ci_metrics=())
-            series[key].append(round(r.metrics["auroc"], 4))
+    with _Stage("layer sweep", len(layers), "layers") as stage:
+        for l in layers:
+            for key, name in (("kv-state", f"sweep-kv/{l}"), ("residual", f"sweep-resid/{l}")):
+                X = arrays[name]
+                r = evaluate_detector(X, y, groups, _detector("mahalanobis", X.shape[1], cfg), n_splits=cfg.n_splits,
+                                      seed=cfg.seed, n_boot=1, ci_metrics=())
+                series[key].append(round(r.metrics["auroc"], 4))
+            stage.advance(1)
     return {"layers": layers, "series": series, "detector": "mahalanobis (unsupervised)"}
 
 
@@ -404,18 +406,22 @@ def evaluate_monitor(lm, items, index, arrays, settings, cfg: StudyConfig) -> di
     def pick(idx, n):
         return [items[i] for i in sorted(rng.permutation(idx)[:n])]
 
-    def scores(part):  # one row of per-step scores per reply
-        return [row for s in range(0, len(part), cfg.batch_size)
-                for row in Monitor(lm, spec, det).generate([{"messages": it.messages} for it in part[s : s + cfg.batch_size]],
-                                                           max_new_tokens=cfg.max_new_tokens).scores]
+    def scores(part, what):  # one row of per-step scores per reply
+        rows = []
+        with _Stage(f"monitor: {what}", len(part), "replies") as stage:
+            for s in range(0, len(part), cfg.batch_size):
+                batch = [{"messages": it.messages} for it in part[s : s + cfg.batch_size]]
+                rows += list(Monitor(lm, spec, det).generate(batch, max_new_tokens=cfg.max_new_tokens).scores)
+                stage.advance(len(batch))
+        return rows
 
     calib = pick([i for i in calib_idx if y[i] == 0], cfg.monitor_items)
     step_threshold = spec.threshold
     # a finished row's state, and so its score, no longer changes: its peak is over the steps it ran
-    seq_threshold = (float(np.quantile([np.nanmax(r) for r in scores(calib)], 1 - cfg.monitor_fpr))
+    seq_threshold = (float(np.quantile([np.nanmax(r) for r in scores(calib, "calibrate on normal prompts")], 1 - cfg.monitor_fpr))
                      if len(calib) >= 2 else None)
     test = pick(test_idx, cfg.monitor_items)
-    rows = scores(test)
+    rows = scores(test, "held-out test")
     peak = np.array([np.nanmax(r) for r in rows])
     lab = np.array([it.label for it in test])
 
