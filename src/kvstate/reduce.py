@@ -97,7 +97,10 @@ class PCAReduce(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     n_components : float in (0, 1) or int
-        Fraction of variance to keep, or a count (clipped to ``min(n_samples, n_features)``).
+        Fraction of variance to keep, or a count, clipped to ``min(n_samples // 2, n_features)``:
+        components beyond half the training items are fitted noise, and a covariance detector
+        inverts their tiny variances (with 48 normal items, PCA-64 + Mahalanobis moved a study's
+        AUROC by 0.25 under a 1e-5 relative perturbation of the input; PCA-32 did not move).
     whiten : bool
         Scale components to unit variance.
     random_state : int
@@ -128,7 +131,7 @@ class PCAReduce(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=(np.float64, np.float32), ensure_min_samples=2)
         k = self.n_components
         if isinstance(k, Integral) and not isinstance(k, bool):
-            k = int(min(k, *X.shape))
+            k = int(min(k, max(1, X.shape[0] // 2), X.shape[1]))
         self.pca_ = PCA(n_components=k, whiten=self.whiten, random_state=self.random_state).fit(X)
         self.n_components_ = int(self.pca_.n_components_)
         return self
