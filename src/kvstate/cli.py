@@ -47,6 +47,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _invocation() -> str:
+    """This command line, as recorded in a study's results."""
+    import shlex
+
+    return "kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _first_line(e: Exception) -> str:
+    """An exception as a one-line error message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def writable_path(path: Path) -> Path:
     """Fail early (before model work) when the output location cannot be written."""
     parent = path.parent if path.suffix else path
@@ -203,8 +216,6 @@ def study(
 
       kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
     """
-    import shlex
-
     cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
                         dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers)
     if cfg.engine not in ("local", "ray"):
@@ -219,9 +230,9 @@ def study(
             resolve(m)
         for s_ in cfg.suites:
             load_suite(s_, limit=cfg.limit, seed=cfg.seed)
-        run_study(cfg, out, command="kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        run_study(cfg, out, command=_invocation())
     except (ValueError, KeyError, RuntimeError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
 
@@ -237,19 +248,16 @@ def evaluate(
 
     Example: kvstate evaluate -o runs/main --detectors mahalanobis,logistic --n-boot 2000
     """
-    import shlex
-
     from .study import evaluate_study
 
     if not (out / "results.json").exists():
         fail(f"{out / 'results.json'} does not exist; run `kvstate study -o {out}` first")
     writable_path(out)
     try:
-        evaluate_study(out, command="kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                       representations=_split(representations), detectors=_split(detectors), n_boot=n_boot,
-                       n_splits=n_splits)
+        evaluate_study(out, command=_invocation(), representations=_split(representations), detectors=_split(detectors),
+                       n_boot=n_boot, n_splits=n_splits)
     except (ValueError, KeyError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
 
@@ -319,7 +327,7 @@ def train_monitor(
         spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
                         max_new_tokens=max_new_tokens)
     except (ValueError, KeyError) as e:
-        fail(str(e).strip().splitlines()[0])
+        fail(_first_line(e))
     save_monitor(out, spec, det)
     level = "per reply" if per_sequence else "per step"
     console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "

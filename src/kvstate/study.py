@@ -120,7 +120,7 @@ def _replies(lm, suite, out: Path, cfg: StudyConfig) -> dict[str, str]:
     """Model replies for a suite that needs them, cached as JSON (atomic) and resumed by id."""
     from .generate import generate_replies
 
-    path = out / "replies" / lm.name / f"{_safe(suite.name)}.json"
+    path = _replies_path(out, lm.name, suite.name)
     cache = json.loads(path.read_text()) if path.exists() else {}
     todo = [it for it in suite.items if it.id not in cache]
     with _Stage(f"generate {suite.name}", len(todo), "replies") as stage:
@@ -131,6 +131,11 @@ def _replies(lm, suite, out: Path, cfg: StudyConfig) -> dict[str, str]:
             _atomic_json(path, cache)
             stage.advance(len(part))
     return {it.id: cache[it.id] for it in suite.items}
+
+
+def _replies_path(out: Path, model: str, suite: str) -> Path:
+    """Where a study caches a model's replies to a suite (read again by :func:`evaluate_study`)."""
+    return out / "replies" / model / f"{_safe(suite)}.json"
 
 
 def _safe(name: str) -> str:
@@ -556,7 +561,7 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         store = Store(root)
         suite = load_suite(sources[label], limit=cfg.limit, seed=cfg.seed)
         if suite.generation:  # the study's own cached replies, so the labels are the study's
-            cache = out / "replies" / model / f"{_safe(suite.name)}.json"
+            cache = _replies_path(out, model, suite.name)
             suite = suite.label_with(json.loads(cache.read_text()) if cache.exists() else {}, strict=True)
         stored = set(store.index()["item_key"])
         keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
