@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench bench-full clean
+.PHONY: install lint demo test test-fast bench bench-full clean
 
 $(BIN)/kvstate: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(BIN)/kvstate
 demo: install
 	$(BIN)/kvstate demo
 
-test: install
+lint: install
+	$(BIN)/ruff check src tests benchmarks results
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/pytest -q -ra
 
 test-fast: install

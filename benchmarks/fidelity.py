@@ -27,8 +27,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import kvstate  # noqa: E402
-from kvstate.fidelity import DEFAULT_PHIS, attention_fidelity, summarize  # noqa: E402
-from kvstate.learned_phi import CALIBRATION_PROMPTS, HELDOUT_PROMPTS, prompts_hash, train_learned_phi  # noqa: E402
+from kvstate.state.fidelity import DEFAULT_PHIS, attention_fidelity, summarize  # noqa: E402
+from kvstate.state.learned import CALIBRATION_PROMPTS, HELDOUT_PROMPTS, prompts_hash, train_learned_phi  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -69,8 +69,9 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import kvstate
     from run import Methods, synthetic_ids
+
+    import kvstate
 
     torch.set_num_threads(2)
     lm = kvstate.load_model("smollm2-135m")

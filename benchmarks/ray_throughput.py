@@ -37,13 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _local(args, items, settings, root: Path) -> dict:
     from kvstate.models import load_model
+    from kvstate.store import StudyLayout
     from kvstate.study import StudyConfig, capture_suite
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     lm = load_model(args.model)
     t_load = time.perf_counter() - t0
     cfg = StudyConfig(chunk=args.chunk, batch_size=args.batch_size, seed=args.seed)
-    index, _ = capture_suite(lm, items, root, cfg, settings, args.suite)
+    index = capture_suite(lm, items, StudyLayout(root), cfg, settings, args.suite).index
     wall = time.perf_counter() - t0
     return {"engine": "local (1 process, torch threads=%d)" % torch.get_num_threads(), "workers": 1,
             "seconds": wall, "model_load_seconds": t_load, "cpu_seconds": time.process_time() - cpu0, "items": len(index),
@@ -51,7 +52,7 @@ def _local(args, items, settings, root: Path) -> dict:
 
 
 def _ray(args, items, settings, root: Path, workers: int) -> dict:
-    from kvstate.distributed import run_ray_extraction
+    from kvstate.study.ray import run_ray_extraction
 
     cpus = max(1, (os.cpu_count() or 1) // workers)
     res = run_ray_extraction(args.model, items, root, settings, num_workers=workers, batch_size=args.batch_size,
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from kvstate.data import load_suite
-    from kvstate.distributed import resolve_settings
     from kvstate.representations import RepresentationSettings
+    from kvstate.study.ray import resolve_settings
 
     args = parse_args(argv)
     torch.manual_seed(args.seed)

@@ -58,7 +58,7 @@ def synthetic_ids(lm, B: int, T: int, seed: int = 0) -> torch.Tensor:
 
 def exact_texts(lm, ids: torch.Tensor) -> tuple[list[str], list[int]]:
     """Texts that kvstate's own tokenisation (chat=False) turns into exactly T tokens where possible."""
-    from kvstate.extract import encode_all
+    from kvstate.capture import encode_all
 
     T = ids.shape[1]
     texts, lens = [], []
@@ -125,10 +125,10 @@ class Methods:
                 return out.hidden_states
             return f
         if name in ("kvstate_capture", "kvstate_run"):
-            from kvstate.capture import KVCapture
-            from kvstate.extract import StateRecorder, make_batch, run
-            from kvstate.phi import get_phi
-            from kvstate.tokens import Encoded
+            from kvstate.capture import KVCapture, make_batch, run
+            from kvstate.capture.tokens import Encoded
+            from kvstate.state import StateRecorder
+            from kvstate.state.phi import get_phi
 
             encoded = [Encoded(row, len(row), ["user"] * len(row)) for row in ids.tolist()]
             pad = lm.tokenizer.pad_token_id or 0
@@ -366,7 +366,7 @@ def bench_monitor(quick: bool) -> dict:
     new = 64
     prompt = ["Write a short story about a lighthouse keeper who finds a message in a bottle."]
     tok = lm.tokenizer
-    from kvstate.extract import check_layers, encode_all, make_batch
+    from kvstate.capture import check_layers, encode_all, make_batch
 
     enc = encode_all(lm, prompt)
     batch = make_batch(enc, ["end"], "all", 0, tok.pad_token_id, "left")
@@ -448,11 +448,12 @@ def bench_monitor(quick: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def bench_size(quick: bool) -> dict:
-    import kvstate
-    from kvstate.detect import get_detector
-    from kvstate.layers import select_layers
-    from kvstate.models import resolve
     from transformers import AutoConfig
+
+    import kvstate
+    from kvstate.capture.layers import select_layers
+    from kvstate.detect import get_detector
+    from kvstate.models import resolve
 
     sizes = []
     for name in ("smollm2-135m", "qwen2.5-0.5b"):
@@ -513,9 +514,10 @@ def bench_size(quick: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def bench_profile(quick: bool) -> dict:
-    import kvstate
-    from kvstate.extract import StateRecorder
     from torch.profiler import ProfilerActivity, profile
+
+    import kvstate
+    from kvstate.state import StateRecorder
 
     lm = kvstate.load_model("smollm2-135m")
     meth = Methods(lm, ["plain", "kvstate_capture"])

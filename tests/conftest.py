@@ -42,8 +42,7 @@ def byte_tokenizer():
 
 
 def _configs() -> dict:
-    from transformers import (Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
-                              Qwen2Config)
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

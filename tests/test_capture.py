@@ -4,13 +4,11 @@ import sys
 
 import pytest
 import torch
+from conftest import PROMPTS, ROPE_ARCHS, byte_tokenizer, tiny_model
 
 import kvstate
-from kvstate.capture import KVCapture, UnsupportedModelError, rotate
-from kvstate.extract import encode_all, make_batch
+from kvstate.capture import KVCapture, UnsupportedModelError, encode_all, make_batch, rotate
 from kvstate.state import parallel_state
-
-from conftest import ARCHS, PROMPTS, ROPE_ARCHS, byte_tokenizer, tiny_model
 
 
 def _batch(lm, prompts, side="right"):
@@ -90,7 +88,7 @@ def test_pre_rope_keys_rotated_equal_post_rope_keys(arch):
         pre, post = c.new_keys("pre"), c.new_keys("post")
         cos, sin = c.position_embeddings
         # the model's own rotary function, not ours
-        apply = getattr(sys.modules[type(c.module).__module__], "apply_rotary_pos_emb")
+        apply = sys.modules[type(c.module).__module__].apply_rotary_pos_emb
         _, rotated = apply(c.query, pre, cos, sin)
         torch.testing.assert_close(rotated, post, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(rotate(pre, cos, sin), post, atol=1e-5, rtol=1e-5)

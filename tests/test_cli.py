@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from kvstate.cli import app
@@ -61,4 +60,4 @@ def test_plan_command():
 
 def test_unknown_engine(tmp_path):
     res = runner.invoke(app, ["study", "--engine", "spark", "-o", str(tmp_path)])
-    assert res.exit_code == 2 and "unknown engine 'spark'" in res.output
+    assert res.exit_code == 2 and "engine must be one of 'local', 'ray'; got 'spark'" in res.output

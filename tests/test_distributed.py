@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (ray is imported, or the module skipped, before kvstate)
 """Ray extraction: same Store and numbers as the local engine, resumable, survives a dead worker."""
 
 from __future__ import annotations
@@ -8,15 +9,22 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'kvstate[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is optional: pip install 'kvstate[ray]'")
 
-from conftest import byte_tokenizer, tiny_model  # noqa: E402
+from conftest import byte_tokenizer, tiny_model
 
-from kvstate.data.schema import Item  # noqa: E402
-from kvstate.distributed import model_name, run_ray_extraction, store_settings  # noqa: E402
-from kvstate.evaluate import evaluate_detector  # noqa: E402
-from kvstate.models import load_model  # noqa: E402
-from kvstate.representations import RepresentationSettings  # noqa: E402
-from kvstate.store import Store  # noqa: E402
-from kvstate.study import StudyConfig, capture_suite  # noqa: E402
+from kvstate.data.schema import Item
+from kvstate.evaluate import evaluate_detector
+from kvstate.models import (
+    load_model,
+    model_name,
+)
+from kvstate.representations import RepresentationSettings
+from kvstate.store import (
+    Store,
+    StudyLayout,
+    store_settings,
+)
+from kvstate.study import StudyConfig, capture_suite
+from kvstate.study.ray import run_ray_extraction
 
 CFG = StudyConfig(chunk=4, batch_size=2, layers="upper3")
 REP = "kv-elu-S/n-hn@end"
@@ -43,11 +51,12 @@ def setup(tmp_path_factory):
     tiny_model("llama").model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     lm = load_model(folder)
-    from kvstate.extract import check_layers
+    from kvstate.capture import check_layers
 
     settings = RepresentationSettings(layers=tuple(check_layers(lm, CFG.layers)), phis=("identity", "elu"))
     out = tmp_path_factory.mktemp("local")
-    index, arrays = capture_suite(lm, _items(), out, CFG, settings, "suite")
+    data = capture_suite(lm, _items(), StudyLayout(out), CFG, settings, "suite")
+    index, arrays = data.index, data.arrays
     return folder, lm, settings, index, arrays
 
 
@@ -93,7 +102,7 @@ def test_same_arrays_and_evaluation_as_local(cluster, setup, tmp_path):
 @pytest.mark.slow
 def test_resumes_a_store_the_local_engine_started(cluster, setup, tmp_path):
     folder, lm, settings, index, arrays = setup
-    capture_suite(lm, _items()[:6], tmp_path, CFG, settings, "suite")
+    capture_suite(lm, _items()[:6], StudyLayout(tmp_path), CFG, settings, "suite")
     root = tmp_path / "store" / lm.name / "suite"
     res = run_ray_extraction(folder, _items(), root, settings, num_workers=2, batch_size=CFG.batch_size,
                              chunk=CFG.chunk)
@@ -129,7 +138,7 @@ def test_bad_arguments(setup, tmp_path):
 
 def test_resolve_settings_from_config(setup):
     folder, lm, settings, _, _ = setup
-    from kvstate.distributed import num_layers, resolve_settings
+    from kvstate.study.ray import num_layers, resolve_settings
 
     assert num_layers(folder) == lm.num_layers == 2
     assert resolve_settings(folder, {"phis": ["identity", "elu"]}, layers="upper3") == settings

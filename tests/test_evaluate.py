@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.preprocessing import StandardScaler
 
 from kvstate.detect import KNNDetector, LogisticDetector, MahalanobisDetector, get_detector
+from kvstate.detect.reduce import detector_pipeline
 from kvstate.evaluate import (
     EvalResult,
     bootstrap_ci,
@@ -26,7 +27,6 @@ from kvstate.evaluate import (
     shuffled_label_control,
     transfer_matrix,
 )
-from kvstate.reduce import detector_pipeline
 
 
 def _scores(seed: int = 0, n: int = 400, ties: bool = True):

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import PROMPTS, tiny_model
 
 import kvstate
-from kvstate.tokens import as_prompt, encode
-
-from conftest import PROMPTS, tiny_model
+from kvstate.capture.tokens import as_prompt, encode
 
 
 def test_several_phi_in_one_pass_match_single_runs():
@@ -92,8 +91,8 @@ def test_attend_reads_out_linear_attention():
         ({"layers": [-3]}, ["hi"], "bad layer index -3"),
         ({"rope": "middle"}, ["hi"], "rope must be"),
         ({"window": "tiny"}, ["hi"], "window must be"),
-        ({"span": "nowhere"}, ["hi"], "unknown span"),
-        ({"reads": ["middle"]}, ["hi"], "unknown read point"),
+        ({"span": "nowhere"}, ["hi"], "span must be one of"),
+        ({"reads": ["middle"]}, ["hi"], "read point must be one of"),
         ({"phi": "softmax"}, ["hi"], "unknown feature map"),
         ({}, ["x" * 300], "more than .* context of 256"),
         ({}, [[{"role": "robot", "content": "hi"}]], "role must be"),
@@ -112,7 +111,7 @@ def test_negative_layers_count_from_the_end():
 
 
 def test_learned_phi_by_config_works_in_extract(tmp_path):
-    from kvstate.learned_phi import train_learned_phi
+    from kvstate.state.learned import train_learned_phi
 
     lm = tiny_model("llama")
     learned = train_learned_phi(lm, PROMPTS, steps=5, seed=0)

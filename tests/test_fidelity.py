@@ -8,10 +8,17 @@ import pytest
 import torch
 from conftest import PROMPTS, tiny_model
 
-from kvstate.fidelity import (COLUMNS, allowed_keys, attention_fidelity, compare, masked_linear_attention,
-                              summarize, with_scaling)
-from kvstate.phi import get_phi
 from kvstate.state import causal_linear_attention
+from kvstate.state.fidelity import (
+    COLUMNS,
+    allowed_keys,
+    attention_fidelity,
+    compare,
+    masked_linear_attention,
+    summarize,
+    with_scaling,
+)
+from kvstate.state.phi import get_phi
 
 
 @pytest.mark.parametrize("phi", ["identity", "elu", {"name": "random", "n_features": 32}, "taylor"])

@@ -8,11 +8,10 @@ import pytest
 import torch
 from conftest import PROMPTS, tiny_model
 
-from kvstate.fidelity import attention_fidelity, summarize
-from kvstate.learned_phi import (CALIBRATION_PROMPTS, HELDOUT_PROMPTS, LearnedPhi, prompts_hash,
-                                 train_learned_phi)
-from kvstate.phi import FeatureMap, get_phi
 from kvstate.state import causal_linear_attention, linear_attention, parallel_state
+from kvstate.state.fidelity import attention_fidelity, summarize
+from kvstate.state.learned import CALIBRATION_PROMPTS, HELDOUT_PROMPTS, LearnedPhi, prompts_hash, train_learned_phi
+from kvstate.state.phi import FeatureMap, get_phi
 
 TINY_TRAIN = PROMPTS + ["The quick brown fox jumps over the lazy dog.", "Count from one to ten, slowly."]
 

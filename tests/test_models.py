@@ -71,7 +71,7 @@ def test_real_model_capture_matches_cache_and_padding():
     for i, chat in enumerate(CHATS):
         alone = kvstate.extract(lm, [chat], layers=[3, 20], reads=st.reads)
         torch.testing.assert_close(st.readout("S/n")[i], alone.readout("S/n")[0], atol=1e-4, rtol=1e-4)
-    from kvstate.extract import encode_all
+    from kvstate.capture import encode_all
 
     ids = torch.tensor([encode_all(lm, CHATS[1:2])[0].ids])
     with torch.inference_mode():

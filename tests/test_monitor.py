@@ -3,16 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_model
 
-import kvstate
-from kvstate.extract import encode_all
-from kvstate.capture import KVCapture
+from kvstate.capture import KVCapture, encode_all
 from kvstate.detect import get_detector
 from kvstate.monitor import Monitor, MonitorSpec, load_monitor, save_monitor
 from kvstate.representations import RepresentationSettings
 from kvstate.state import parallel_state
-
-from conftest import tiny_model
 
 PROMPTS = ["Tell me about cats", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]]
 
@@ -77,6 +74,28 @@ def test_monitor_features_equal_study_features(projection):
     cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
                                   settings)
     np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-elu-S/n-hn@end"], rtol=1e-4, atol=1e-5)
+
+
+def test_random_phi_monitor_scores_the_stored_features_when_the_seed_is_not_zero():
+    """A study with seed != 0: fit_monitor once built its random features with the study seed while
+    the recorder used the phi spec's own (seed 0), so the monitor scored other features than stored."""
+    from kvstate.monitor import fit_monitor
+    from kvstate.representations import capture_representations
+
+    lm = tiny_model("llama")
+    settings = RepresentationSettings(layers=(0, 1), phis=("random",), ablation_phis=(), sweep=False, seed=3)
+    rng = np.random.default_rng(0)
+    spec, _ = fit_monitor(rng.normal(size=(12, 4)), np.r_[np.zeros(10, int), 1, 1], np.arange(12), "kv-random64-S/n@end",
+                          settings.to_dict(), seed=3)
+    mon = Monitor(lm, spec)
+    reply = "Yes, cats."
+    forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
+    T0 = len(encode_all(lm, PROMPTS[:1])[0].ids)
+    mon.generate(PROMPTS[:1], max_new_tokens=len(forced),
+                 prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
+    cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
+                                  settings)
+    np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-random64-S/n@end"], rtol=1e-4, atol=1e-5)
 
 
 class Scripted:
@@ -150,7 +169,7 @@ def test_calibrate_sets_a_per_sequence_threshold():
     assert mon.stop and again.stopped_at == [None] * 4  # no calibration sequence is flagged at any step
     # the quantile is over each sequence's highest step, not over all steps (which would be lower)
     peaks = np.nanmax(res.scores, axis=1)
-    assert mon.calibrate(prompts, fpr=0.25, max_new_tokens=6) == pytest.approx(np.quantile(peaks, 0.75))
+    assert mon.calibrate(prompts, fpr=0.25, max_new_tokens=6) == pytest.approx(np.quantile(peaks, 0.75, method="higher"))  # threshold_for_fpr's tie rule
     assert np.quantile(peaks, 0.75) > np.nanquantile(res.scores, 0.75)
     with pytest.raises(ValueError, match="at least 2 normal prompts"):
         mon.calibrate(prompts[:1])

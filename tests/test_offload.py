@@ -11,11 +11,10 @@ import importlib.util
 
 import pytest
 import torch
+from conftest import PROMPTS, VOCAB, byte_tokenizer
 
 import kvstate
 from kvstate.models import from_hf, load_model
-
-from conftest import PROMPTS, VOCAB, byte_tokenizer
 
 
 def _config(arch: str):
@@ -113,7 +112,7 @@ def test_quantization_errors(saved):
 
 
 def test_max_memory_implies_auto_placement():
-    from kvstate.models import _placement_kwargs
+    from kvstate.models.core import _placement_kwargs
 
     kw = _placement_kwargs(None, {"cpu": "1GiB"}, None, None, "float32")
     assert kw == {"device_map": "auto", "max_memory": {"cpu": "1GiB"}}

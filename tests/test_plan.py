@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kvstate.plan import format_plan, known_configs, plan
+from kvstate.state.plan import format_plan, known_configs, plan
 
 SMALL = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100, "intermediate_size": 128,

@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from kvstate.detect import KNNDetector, LogisticDetector, MahalanobisDetector, is_supervised
-from kvstate.reduce import PCAReduce, RandomProjection, detector_pipeline, make_reducer
+from kvstate.detect.reduce import PCAReduce, RandomProjection, detector_pipeline, make_reducer
 
 RNG = np.random.default_rng(0)
 X_WIDE = RNG.normal(size=(60, 500))

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import PROMPTS, tiny_model
 
 import kvstate
-from kvstate.extract import encode_all
-from kvstate.representations import RepresentationSettings, Reducer, capture_representations, family
-
-from conftest import PROMPTS, tiny_model
+from kvstate.capture import encode_all
+from kvstate.representations import Reducer, RepresentationSettings, capture_representations, family
 
 SETTINGS = RepresentationSettings(layers=(0, 1), max_dim=256)
 
@@ -82,7 +81,7 @@ def test_sparse_projection_preserves_distances_at_monitor_scale():
 
 
 def test_projection_setting_is_checked_and_keeps_old_store_settings():
-    with pytest.raises(ValueError, match="unknown projection 'dense'.*gaussian, sparse"):
+    with pytest.raises(ValueError, match="projection must be one of 'gaussian', 'sparse'; got 'dense'"):
         RepresentationSettings(projection="dense")
     assert "projection" not in RepresentationSettings().to_dict()  # stores made before the option stay valid
     sparse = RepresentationSettings(projection="sparse")

@@ -1,13 +1,11 @@
 """State maths against naive references (no model needed)."""
 
-import math
 
 import pytest
 import torch
 
-from kvstate.phi import PHI_NAMES, get_phi
-from kvstate.state import (RecurrentState, causal_linear_attention, linear_attention, parallel_state, readout,
-                           recurrent_state)
+from kvstate.state import RecurrentState, causal_linear_attention, linear_attention, parallel_state, readout, recurrent_state
+from kvstate.state.phi import PHI_NAMES, get_phi
 
 
 def kv(B=2, H=3, T=7, d=8, seed=0):

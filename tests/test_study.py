@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_model
 
 from kvstate.study import StudyConfig, run_study
-
-from conftest import tiny_model
 
 REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "act-resid-last", "ctl-length"]
 TIMING = {"time_per_item_ms", "seconds", "created", "command"}
@@ -164,7 +163,7 @@ def test_study_bad_input_errors(setup, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[study]\nprojection = "dense"\n')
     r = CliRunner().invoke(app, ["study", "-c", str(bad), "-o", str(tmp_path / "y")])
-    assert r.exit_code == 2 and "unknown projection 'dense'" in r.output and not (tmp_path / "y").exists()
+    assert r.exit_code == 2 and "projection must be one of 'gaussian', 'sparse'; got 'dense'" in r.output and not (tmp_path / "y").exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = CliRunner().invoke(app, ["study", "--quick", "-o", str(blocker / "out")])
@@ -228,7 +227,7 @@ def test_study_on_smollm2_small_subset(tmp_path):
 
 
 def test_stage_progress_lines_and_summary(capsys):
-    from kvstate.study import _Stage
+    from kvstate.study.progress import Stage as _Stage
 
     with _Stage("capture demo", 3, every=0.0) as stage:
         for _ in range(3):

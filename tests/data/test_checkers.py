@@ -2,9 +2,18 @@
 
 import pytest
 
-from kvstate.data.checkers import (answer_match, is_one_word, is_valid_json, language_is_french,
-                                   mentions, normalise, refusal, reveals_secret, rule_violated,
-                                   verdict)
+from kvstate.data.checkers import (
+    answer_match,
+    is_one_word,
+    is_valid_json,
+    language_is_french,
+    mentions,
+    normalise,
+    refusal,
+    reveals_secret,
+    rule_violated,
+    verdict,
+)
 
 
 @pytest.mark.parametrize("reply", [

@@ -123,7 +123,7 @@ def test_unfitted_cannot_be_saved(tmp_path):
 def test_pipeline_round_trip_identical(planted, reduce, kind, name, tmp_path):
     from sklearn.pipeline import Pipeline
 
-    from kvstate.reduce import detector_pipeline
+    from kvstate.detect.reduce import detector_pipeline
 
     pipe = detector_pipeline(name, reduce=reduce, n_components=6)
     if kind:

@@ -5,8 +5,16 @@ load your own .jsonl/.csv/.parquet file). See ``README.md`` in this folder for s
 and what could not be obtained offline.
 """
 
-from .checkers import (answer_match, is_one_word, is_valid_json, language_is_french, mentions,
-                       refusal, reveals_secret, rule_violated)
+from .checkers import (
+                       answer_match,
+                       is_one_word,
+                       is_valid_json,
+                       language_is_french,
+                       mentions,
+                       refusal,
+                       reveals_secret,
+                       rule_violated,
+)
 from .registry import SUITES, list_suites, load_suite
 from .schema import Item, Suite
 

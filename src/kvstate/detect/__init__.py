@@ -17,10 +17,6 @@ KeyError: "unknown detector 'nope'. Available: diffmean, iforest, knn, lof, logi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from types import MappingProxyType
-from typing import Any
-
 from .base import BaseDetector, threshold_for_fpr
 from .diffmean import DiffMeanDetector
 from .iforest import IForestDetector
@@ -29,6 +25,8 @@ from .lof import LOFDetector
 from .logistic import LogisticDetector
 from .mahalanobis import MahalanobisDetector
 from .pca import PCADetector
+from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_reducer, reduce_if_wide
+from .registry import DETECTORS, get_detector, is_supervised
 from .repe_pca import RepEPCADetector
 from .serialize import detector_from_dict, detector_to_dict, load_detector, save_detector
 
@@ -41,42 +39,18 @@ __all__ = [
     "LOFDetector",
     "LogisticDetector",
     "MahalanobisDetector",
+    "PCAReduce",
+    "RandomProjection",
     "PCADetector",
     "RepEPCADetector",
     "detector_from_dict",
+    "detector_pipeline",
     "detector_to_dict",
     "get_detector",
     "is_supervised",
     "load_detector",
+    "make_reducer",
+    "reduce_if_wide",
     "save_detector",
     "threshold_for_fpr",
 ]
-
-_CLASSES: tuple[type[BaseDetector], ...] = (
-    MahalanobisDetector,
-    PCADetector,
-    KNNDetector,
-    IForestDetector,
-    LOFDetector,
-    LogisticDetector,
-    DiffMeanDetector,
-    RepEPCADetector,
-)
-
-#: name -> detector class (read-only).
-DETECTORS: Mapping[str, type[BaseDetector]] = MappingProxyType({c.name: c for c in _CLASSES})
-
-
-def get_detector(name: str, **params: Any) -> BaseDetector:
-    """Instantiate a registered detector; unknown names raise ``KeyError`` listing the choices."""
-    try:
-        cls = DETECTORS[name]
-    except KeyError:
-        raise KeyError(f"unknown detector {name!r}. Available: {', '.join(sorted(DETECTORS))}") from None
-    return cls(**params)
-
-
-def is_supervised(estimator: Any) -> bool:
-    """True if the estimator (or a Pipeline's final step) needs labels to fit."""
-    final = getattr(estimator, "_final_estimator", estimator)
-    return bool(getattr(final, "supervised", False))

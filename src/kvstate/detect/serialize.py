@@ -23,6 +23,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseDetector
+from .reduce import PCAReduce, RandomProjection
+from .registry import get_detector
 
 __all__ = ["detector_from_dict", "detector_to_dict", "load_detector", "save_detector"]
 
@@ -121,8 +123,6 @@ def _load(obj: Any, doc: dict[str, Any], prefix: str, arrays: dict[str, np.ndarr
 
 
 def _reducers() -> dict[str, type]:
-    from kvstate.reduce import PCAReduce, RandomProjection  # lazy: reduce imports detect lazily too
-
     return {"PCAReduce": PCAReduce, "RandomProjection": RandomProjection}
 
 
@@ -147,8 +147,6 @@ def detector_to_dict(detector: BaseDetector | Pipeline) -> dict[str, Any]:
 
 def detector_from_dict(data: dict[str, Any]) -> BaseDetector | Pipeline:
     """Inverse of :func:`detector_to_dict`."""
-    from . import get_detector  # registry lives in the package __init__
-
     meta, arrays = data["meta"], data["arrays"]
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"not a {FORMAT} v{VERSION} document: {meta.get('format')} v{meta.get('version')}")

@@ -1,0 +1,5 @@
+"""The command line: thin typer shells over the library (``kvstate --help``)."""
+
+from .app import app
+
+__all__ = ["app"]

@@ -1,0 +1,5 @@
+"""``python -m kvstate.cli`` runs the command line."""
+
+from .app import app
+
+app()

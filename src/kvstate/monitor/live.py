@@ -1,0 +1,190 @@
+"""Watch the KV state live during generation: O(1) work per new token, scored as the model writes.
+
+The recurrent form of the state is what makes this cheap: each new token's phi(k)^T v and phi(k)
+are added to the running S, z of every monitored layer (never recomputing over the context), and a
+detector fitted by a study scores the state every ``every`` steps. A threshold calibrated to a
+false-positive rate on normal data can stop the generation at the first step that crosses it.
+
+A monitor is saved as a folder (:mod:`kvstate.monitor.spec`); it is fitted by :mod:`kvstate.monitor.fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .._options import Span, check_option
+from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_batch
+from ..detect import threshold_for_fpr
+from ..models import LoadedModel
+from ..representations import RepresentationSettings, kv_features, parse_kv_name
+from ..state import RecurrentState, get_phi
+from .spec import MonitorSpec
+
+__all__ = ["Monitor", "MonitorResult"]
+
+
+@dataclass
+class MonitorResult:
+    """Generated sequences with the score after every step."""
+
+    sequences: torch.Tensor  # (B, prompt + new) token ids
+    texts: list[str]
+    scores: np.ndarray  # (B, steps): score of the state after each step (nan where not scored)
+    stopped_at: list[int | None]  # first step whose score crossed the threshold, per row
+    prompt_len: int
+
+
+class _Stop:
+    """A transformers StoppingCriteria: scores the running state after each step."""
+
+    def __init__(self, monitor: "Monitor"):
+        self.m = monitor
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return self.m._step(input_ids)
+
+
+class Monitor:
+    """Running KV state + detector over ``model.generate``.
+
+    Args:
+        lm: the model. spec, detector: from a study (:func:`load_monitor`) or made by hand.
+        every: score every n steps (other steps report nan). stop: end a row's generation at the
+            first scored step over ``spec.threshold``. on_step: ``callback(step, new_token_ids, scores)``.
+        span, skip_first: token selection of the prompt (as in :func:`kvstate.extract`); generated
+            tokens always count.
+    """
+
+    def __init__(self, lm: LoadedModel, spec: MonitorSpec, detector=None, *, every: int = 1, stop: bool = False,
+                 on_step: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
+                 span: Span = "all", skip_first: int = 0):
+        self.lm, self.spec, self.detector = lm, spec, detector
+        self.every, self.stop, self.on_step = every, stop, on_step
+        self.span, self.skip_first = check_option("span", span, Span), skip_first
+        if stop and spec.threshold is None:
+            raise ValueError("stop=True needs a threshold: calibrate one (train-monitor --fpr) or set spec.threshold")
+
+    # -- state ------------------------------------------------------------------------------
+    def _reset(self, prompt_weights: torch.Tensor) -> None:
+        phi = get_phi(self.spec.phi)
+        self.states = {l: RecurrentState(phi) for l in self.spec.layers}
+        self._prompt_weights = prompt_weights  # (B, T_prompt)
+        self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
+        self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)
+        self._step_scores: list[np.ndarray] = []
+        self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
+        self._head_dim = None
+        eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
+        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+
+    def _listen(self, call: AttentionCall) -> None:
+        if call.layer not in self.states:
+            return
+        k, v = call.new_keys(self.spec.rope), call.new_values()
+        if call.q_len == self._prompt_weights.shape[1] and self.states[call.layer].S is None:
+            w = self._prompt_weights
+        else:  # one new token per row; finished rows keep receiving padding, which must not count
+            w = self._count.float()[:, None].expand(-1, call.q_len)
+        self._head_dim = k.shape[-1]
+        self.states[call.layer].update(k, v, w.to(k.device))
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Current S (B, L, H, f, e), z (B, L, H, f), n (B, L) over the monitored layers."""
+        L = self.spec.layers
+        S = torch.stack([self.states[l].S for l in L], 1)
+        z = torch.stack([self.states[l].z for l in L], 1)
+        n = torch.stack([self.states[l].n for l in L], 1)
+        return S, z, n
+
+    def features(self) -> np.ndarray:
+        """The study's representation of the current state, (B, D)."""
+        _, kind = parse_kv_name(self.spec.representation)
+        S, z, n = self.state()
+        return kv_features(S, z, n, kind, RepresentationSettings.from_dict(self.spec.settings), self._head_dim)
+
+    def score(self) -> np.ndarray:
+        if self.detector is None:
+            raise ValueError("no detector: pass one (or load_monitor(path)) to score states")
+        return np.asarray(self.detector.decision_function(self.features()), dtype=float)
+
+    def _step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        step = len(self._step_scores)
+        scored = self.detector is not None and step % self.every == 0
+        s = self.score() if scored else np.full(input_ids.shape[0], np.nan)
+        self._step_scores.append(s)
+        flag = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        if scored and self.spec.threshold is not None:
+            over = torch.from_numpy(s > self.spec.threshold) & self._alive
+            for i in torch.nonzero(over).flatten().tolist():
+                if self._stopped[i] is None:
+                    self._stopped[i] = step
+            if self.stop:
+                flag = over
+        if self.on_step is not None:
+            self.on_step(step, input_ids[:, -1], s)
+        done = torch.tensor([int(t) in self._eos for t in input_ids[:, -1].tolist()]) | flag
+        self._count = self._alive.clone()  # the token just appended is real for rows that were generating
+        self._alive &= ~done
+        return flag.to(input_ids.device)
+
+    def calibrate(self, prompts: Sequence[Any], *, fpr: float = 0.01, max_new_tokens: int = 64,
+                  **generate_kwargs) -> float:
+        """Set the threshold per *sequence*: about ``fpr`` of normal generations cross it at any step.
+
+        A threshold at the (1 - fpr) quantile of single normal states (what :func:`fit_monitor`
+        calibrates) is crossed by far more than ``fpr`` of normal replies, because every step is a
+        new test. Here the monitor generates from held-out normal ``prompts`` (not the detector's
+        training items, whose scores are optimistically low), takes each sequence's highest scored
+        step, and sets ``spec.threshold`` to the (1 - fpr) quantile of those maxima.
+        """
+        if self.detector is None:
+            raise ValueError("no detector: calibrate needs a fitted detector (load_monitor or fit_monitor)")
+        if len(prompts) < 2:
+            raise ValueError("calibrate needs at least 2 normal prompts (use ~1/fpr of them for a stable quantile)")
+        stop, self.stop = self.stop, False  # a stopped row would hide its later, higher scores
+        try:
+            res = self.generate(prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+        finally:
+            self.stop = stop
+        peaks = np.nanmax(res.scores, axis=1)  # a finished row's state no longer changes, so its score neither
+        self.spec.threshold = threshold_for_fpr(peaks, fpr)
+        self.spec.fpr = fpr
+        self.spec.notes["calibration"] = {"level": "sequence", "n_prompts": len(prompts), "max_new_tokens": max_new_tokens,
+                                          "every": self.every}
+        return self.spec.threshold
+
+    # -- generation -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Any], *, max_new_tokens: int = 64, chat: bool | None = None,
+                 **generate_kwargs) -> MonitorResult:
+        """Generate (greedy unless ``do_sample=True`` is passed) while updating and scoring the state.
+
+        The last generated token is fed once more at the end so that the final state covers the
+        whole reply, exactly as :func:`kvstate.extract` on prompt + reply would.
+        """
+        from transformers import StoppingCriteriaList
+
+        lm, tok = self.lm, self.lm.tokenizer
+        encoded = encode_all(lm, prompts, chat)
+        batch = make_batch(encoded, ["end"], self.span, self.skip_first, tok.pad_token_id, "left")
+        self._reset(batch.weights[:, 0])
+        device = input_device(lm.model)
+        kwargs = {"do_sample": False, **generate_kwargs}
+        with KVCapture(lm.model, self._listen):
+            out = lm.model.generate(
+                input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                max_new_tokens=max_new_tokens, stopping_criteria=StoppingCriteriaList([_Stop(self)]),
+                pad_token_id=tok.pad_token_id, return_dict_in_generate=True, **kwargs)
+            seq = out.sequences
+            mask = torch.cat([batch.attention_mask.to(device), torch.ones_like(seq[:, batch.input_ids.shape[1]:])], 1)
+            if seq.shape[1] > batch.input_ids.shape[1]:  # feed the last token so the state covers it
+                lm.model(input_ids=seq[:, -1:], attention_mask=mask, cache=getattr(out, "cache", None) or out.past_key_values,
+                         position_ids=(mask.sum(-1, keepdim=True) - 1))
+        T0 = batch.input_ids.shape[1]
+        texts = [tok.decode(s[T0:], skip_special_tokens=True) for s in seq]
+        return MonitorResult(seq.cpu(), texts, np.stack(self._step_scores, 1) if self._step_scores else np.zeros((len(seq), 0)),
+                             list(self._stopped), T0)

@@ -1,0 +1,69 @@
+"""Seeded, data-independent reductions of wide vectors: per-head sketches of wide feature maps and
+random projections of whole vectors (Johnson-Lindenstrauss). Nothing here sees data, so applying
+them before any train/test split leaks nothing."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import get_args
+
+import numpy as np
+import torch
+
+from .._options import Projection, check_option
+
+__all__ = ["PROJECTIONS", "Reducer", "sketch"]
+
+PROJECTIONS = get_args(Projection)  #: Reducer kinds
+
+
+@functools.lru_cache(maxsize=32)
+def sketch(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
+    """A fixed Gaussian (dim_out, dim_in) matrix scaled by 1/sqrt(dim_out), from the seed and the input size."""
+    g = torch.Generator().manual_seed(seed * 7919 + dim_in)
+    return torch.randn(dim_out, dim_in, generator=g) / math.sqrt(dim_out)
+
+
+class Reducer:
+    """Seeded, data-independent random projection of too-long vectors (Johnson-Lindenstrauss).
+
+    The matrix depends only on (input size, max_dim, seed, kind), never on data, so applying it
+    before any train/test split leaks nothing; distances are preserved up to a small distortion.
+    ``"gaussian"`` is a dense matrix (368,640 x 2048 floats = 2.8 GiB for all layers of smollm2);
+    ``"sparse"`` is Li et al.'s very sparse projection (density 1/sqrt(D), same guarantee), which
+    costs ~sqrt(D) times less to build, hold and apply.
+
+    Parameters
+    ----------
+    max_dim : int
+        Vectors wider than this are projected to ``max_dim`` dimensions; narrower ones pass unchanged.
+    seed : int
+        Seed of the projection matrix.
+    kind : {"gaussian", "sparse"}, default="gaussian"
+    """
+
+    def __init__(self, max_dim: int, seed: int, kind: Projection = "gaussian"):
+        check_option("projection", kind, Projection)
+        self.max_dim, self.seed, self.kind = max_dim, seed, kind
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) float32 -> (N, min(D, max_dim))."""
+        if x.shape[1] <= self.max_dim:
+            return x
+        if self.kind == "sparse":
+            return np.asarray(_sparse_projection(x.shape[1], self.max_dim, self.seed).transform(x), dtype=np.float32)
+        return (torch.from_numpy(x) @ _projection(x.shape[1], self.max_dim, self.seed)).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
+    return sketch.__wrapped__(dim_in, dim_out, seed).T.contiguous()  # (dim_in, dim_out), not cached twice
+
+
+@functools.lru_cache(maxsize=8)
+def _sparse_projection(dim_in: int, dim_out: int, seed: int):
+    from sklearn.random_projection import SparseRandomProjection
+
+    # fit() reads only the number of columns; the matrix is drawn from the seed
+    return SparseRandomProjection(dim_out, dense_output=True, random_state=seed).fit(np.zeros((1, dim_in), np.float32))

@@ -1,0 +1,45 @@
+"""The recorder's kv read-outs rebuilt from running states, so a detector fitted on stored study
+features can score a live state (used by :mod:`kvstate.monitor`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .names import KV_KINDS
+from .projection import Reducer, sketch
+from .settings import RepresentationSettings
+
+__all__ = ["headnorm", "kv_features"]
+
+
+def headnorm(S: torch.Tensor) -> torch.Tensor:
+    """Divide each head's matrix by its Frobenius norm: (B, R, H, f, e)."""
+    return S / S.flatten(3).norm(dim=-1).clamp_min(1e-12)[..., None, None]
+
+
+def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, settings: RepresentationSettings,
+                head_dim: int) -> np.ndarray:
+    """The recorder's kv read-outs rebuilt from running states: S (B, L, H, f, e), z (B, L, H, f), n (B, L).
+
+    Same sketch, normalisation, layer order and reduction as :class:`RepresentationRecorder`, so a
+    detector fitted on stored study features scores a live state (used by :mod:`kvstate.monitor`).
+    """
+    kind = kind.replace("-pre", "")  # pre-RoPE keys change the state, not the read-out
+    P = sketch(S.shape[-2], head_dim, settings.seed).to(S.device) if S.shape[-2] > head_dim else None
+    Sv = P @ S if P is not None else S
+    nn_ = n.clamp_min(1.0)[..., None, None, None]
+    if kind == "S/n":
+        x = Sv / nn_
+    elif kind == "S/n-hn":
+        x = headnorm(Sv / nn_)
+    elif kind == "z/n":
+        x = (z @ P.T if P is not None else z) / nn_[..., 0]
+    elif kind == "S|z|":
+        x = Sv / z.norm(dim=-1).clamp_min(1e-8)[..., None, None]
+    elif kind == "S":
+        x = Sv
+    else:
+        raise ValueError(f"unknown kv read-out {kind!r}. Available: {', '.join(KV_KINDS)}")
+    flat = x.float().flatten(1).cpu().numpy()
+    return Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(flat))

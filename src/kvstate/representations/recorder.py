@@ -1,0 +1,309 @@
+"""Every representation of a prompt from ONE forward pass: KV-state variants, activations, controls.
+
+Names are stable (``family/name@read``) and every vector is float32. Families:
+
+- ``kv``: linear-attention states of the selected layers, for each phi: ``S/n``, raw ``S``, ``z/n``,
+  ``S/|z|`` (positive phi only), top-k singular values per head (``svals``) and the last query's
+  linear-attention read-out (``attn``); ablations of the token selection and RoPE
+  (``-pre`` keys before RoPE, ``-content`` template and first token dropped, ``-hn`` per-head
+  normalisation); and the KV-cache variants: attention-weighted (``attnw``), heavy-hitter pruned
+  (``h2o``: only the top-k tokens by received attention) and hierarchical (``hier``: per-segment
+  states plus their sum).
+- ``act``: residual stream at the read token and mean over tokens (RepE), per-head attention outputs
+  before o_proj at the read token (ITI), LLM-Check attention and hidden-state scores, perplexity and
+  mean token entropy.
+- ``ctl``: token length, hashed bag of words (no fitted vocabulary, so nothing leaks across folds).
+  The sentence-embedding control lives in :mod:`kvstate.embed` (it needs text, not the LLM).
+
+Large vectors go through a documented, seeded, data-independent reduction so that nothing is fitted
+on test data: phi dimensions above d are sketched per head with a fixed Gaussian matrix, and whole
+vectors above ``max_dim`` with a seeded random projection that depends only on the shape: dense
+Gaussian (``projection="gaussian"``, the default) or sklearn's very sparse ``SparseRandomProjection``
+(``projection="sparse"``: ~1/sqrt(D) of the entries non-zero, so a live monitor can project every
+generated token at a small fraction of the dense matrix's cost).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, run
+from ..state import get_phi, parallel_state
+from .names import RepName
+from .projection import Reducer, sketch
+from .readout import headnorm
+from .settings import POSITIVE_PHI, RepresentationSettings
+
+__all__ = ["Captured", "RepresentationRecorder", "capture_representations"]
+
+
+def _hash_bow(texts: list[str], n_features: int = 2048) -> np.ndarray:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    vec = HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+    return vec.transform(texts).toarray().astype(np.float32)
+
+
+class RepresentationRecorder(Recorder):
+    """Collects all representations of each item during the shared forward pass.
+
+    After :func:`kvstate.extract.run`, ``self.rows`` holds one dict {name: vector} per item, in
+    the order the batches were run; ``dims`` the dimensionality of each name before reduction.
+    """
+
+    def __init__(self, settings: RepresentationSettings, num_layers: int):
+        self.s = settings
+        self.layers = list(settings.layers) or list(range(num_layers))
+        self.num_layers = num_layers
+        self.phis = list(settings.feature_maps().items())
+        self.reduce = Reducer(settings.max_dim, settings.seed, settings.projection)
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.dims: dict[str, int] = {}
+
+    # -- per batch ---------------------------------------------------------------------------
+    def begin(self, batch: Batch) -> None:
+        super().begin(batch)
+        self._acc: dict[str, list[torch.Tensor]] = {}
+        self._w_content = batch.weights_for("content", 1)
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        """value: (B, R, ...) for one layer; layers are concatenated in call order (ascending)."""
+        self._acc.setdefault(name, []).append(value.detach().float().flatten(2).cpu())
+
+    def _view(self, x: torch.Tensor, d: int, is_z: bool = False) -> torch.Tensor:
+        """Sketch phi dimensions above d (taylor, wide random features) down to d, per head."""
+        f = x.shape[-1] if is_z else x.shape[-2]
+        if f <= d:
+            return x
+        P = sketch(f, d, self.s.seed).to(x.device)
+        return x @ P.T if is_z else P @ x
+
+    def __call__(self, call: AttentionCall) -> None:
+        b = self.batch
+        sweep_only = call.layer not in self.layers
+        if sweep_only and not self.s.sweep:
+            return
+        k_post, v = call.new_keys("post").float(), call.new_values().float()
+        w = b.weights.to(k_post.device)
+        d = k_post.shape[-1]
+        n = w.sum(-1).clamp_min(1.0)[..., None, None, None]  # (B, R, 1, 1, 1)
+        S_id, z_id, _ = parallel_state(k_post, v, "identity", w)
+        if self.s.sweep:
+            self._add(f"sweep-kv/{call.layer}", headnorm(S_id / n)[:, -1:])
+        if sweep_only:
+            return
+        has_rope = call.position_embeddings is not None
+        k_pre = call.new_keys("pre").float() if has_rope else k_post
+        q_last = _at_reads(call.query.float(), b.ends)  # (B, R, Hq, d)
+        for key, phi in self.phis:
+            phi = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+            S, z, cnt = parallel_state(k_post, v, phi, w)
+            nn_ = cnt.clamp_min(1.0)[..., None, None, None]
+            Sv = self._view(S, d)
+            self._add(f"kv-{key}-S/n", Sv / nn_)
+            self._add(f"kv-{key}-z/n", self._view(z, d, is_z=True) / nn_[..., 0])
+            if key in ("identity", "elu"):
+                self._add(f"kv-{key}-S", Sv)
+            if phi.name in POSITIVE_PHI:
+                self._add(f"kv-{key}-S|z|", Sv / z.norm(dim=-1).clamp_min(1e-8)[..., None, None])
+            self._add(f"kv-{key}-svals", _top_singular_values(S / nn_, self.s.svd_k))
+            self._add(f"kv-{key}-attn", _linear_readout(q_last, S, z, phi))
+            if key not in self.s.ablation_phis:
+                continue
+            self._add(f"kv-{key}-S/n-hn", headnorm(Sv / nn_))
+            wc = self._w_content.to(w.device)
+            nc = wc.sum(-1).clamp_min(1.0)[..., None, None, None]
+            variants = [("content", k_post, wc, nc)]
+            if has_rope:
+                variants += [("pre", k_pre, w, nn_), ("pre-content", k_pre, wc, nc)]
+            for suffix, kk, ww, norm in variants:
+                self._add(f"kv-{key}-S/n-{suffix}", self._view(parallel_state(kk, v, phi, ww)[0], d) / norm)
+        self._cache_variants(call, k_post, v, w)
+        self._activations(call, w)
+
+    def _cache_variants(self, call: AttentionCall, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> None:
+        """Attention-weighted, heavy-hitter-pruned and hierarchical states (elu+1 features)."""
+        probs = call.probs()  # (B, Hq, T, T)
+        rep = probs.shape[1] // k.shape[1]
+        real = self.batch.attention_mask.to(probs.device).float()
+        # attention mass each key receives from the real queries up to each read point, per KV head
+        mass = probs.reshape(probs.shape[0], k.shape[1], rep, *probs.shape[2:]).sum(2)  # (B, Hkv, T, T)
+        self._probs = probs
+        B, H, T, _ = k.shape
+        fk, ve = get_phi("elu")(k), v
+        outs_w, outs_p, outs_h = [], [], []
+        for r in range(w.shape[1]):
+            wr = w[:, r]  # (B, T)
+            qmask = wr * real  # queries that count: selected real tokens up to the read
+            a = torch.einsum("bq,bhqt->bht", qmask, mass) * wr[:, None, :]  # (B, H, T)
+            a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+            outs_w.append(torch.einsum("bht,bhtf,bhte->bhfe", a, fk, ve))
+            k_top = min(self.s.prune_k, T)
+            top = a.topk(k_top, dim=-1).indices
+            keep = torch.zeros_like(a).scatter_(-1, top, 1.0) * (wr[:, None, :] > 0)
+            outs_p.append(torch.einsum("bht,bhtf,bhte->bhfe", keep, fk, ve) / keep.sum(-1).clamp_min(1)[..., None, None])
+            segs = []
+            idx = torch.cumsum(wr, -1) - 1  # rank of each selected token
+            total = wr.sum(-1, keepdim=True).clamp_min(1)
+            seg_of = (idx * self.s.segments / total).floor().clamp(0, self.s.segments - 1)
+            for g in range(self.s.segments):
+                wg = wr * (seg_of == g)
+                Sg, _, _ = parallel_state(k, v, "elu", wg)
+                segs.append(Sg / wg.sum(-1).clamp_min(1)[:, None, None, None])
+            # each segment's per-head matrix is sketched to hier_dim values, so the vector stays small
+            P = sketch(segs[0].shape[-2] * segs[0].shape[-1], self.s.hier_dim, self.s.seed + 1).to(k.device)
+            outs_h.append(torch.cat([(s.flatten(2) @ P.T).flatten(1) for s in segs + [sum(segs)]], dim=1))
+        self._add("kv-attnw-S", torch.stack(outs_w, 1))
+        self._add("kv-h2o-S/n", torch.stack(outs_p, 1))
+        self._add("kv-hier-S/n", torch.stack(outs_h, 1))
+
+    def _activations(self, call: AttentionCall, w: torch.Tensor) -> None:
+        """ITI head outputs at the read token and the LLM-Check attention score (mean log diag)."""
+        out = call.output.float()  # (B, q_len, Hq, d)
+        self._add("act-heads-last", torch.stack([out[torch.arange(out.shape[0]), self.batch.ends[:, r]]
+                                                 for r in range(w.shape[1])], 1))
+        diag = torch.diagonal(self._probs, dim1=-2, dim2=-1).clamp_min(1e-12).log()  # (B, Hq, T)
+        score = torch.einsum("bht,brt->brh", diag, w) / w.sum(-1).clamp_min(1)[..., None]
+        self._add("act-llmcheck-attn", score.mean(-1, keepdim=True))
+
+    def end(self, outputs: Any) -> None:
+        b = self.batch
+        w = b.weights
+        hs = [h.float().cpu() for h in outputs.hidden_states]  # (L+1) x (B, T, D); layers may sit on several devices
+        ends = b.ends
+        rows = torch.arange(len(ends))
+        self._add("act-resid-last", torch.stack([torch.cat([hs[l + 1][rows, ends[:, r]] for l in self.layers], -1)
+                                                 for r in range(ends.shape[1])], 1))
+        mean = [torch.cat([torch.einsum("bt,btd->bd", w[:, r], hs[l + 1].float()) / w[:, r].sum(-1, keepdim=True).clamp_min(1)
+                           for l in self.layers], -1) for r in range(ends.shape[1])]
+        self._add("act-resid-mean", torch.stack(mean, 1))
+        if self.s.sweep:
+            for l in range(self.num_layers):
+                self._acc[f"sweep-resid/{l}"] = [hs[l + 1][rows, ends[:, -1]][:, None].float().cpu()]
+        self._add("act-llmcheck-hidden", _hidden_logdet(hs, self.layers, w))
+        ppl, ent = _token_stats(outputs.logits.cpu(), b)
+        self._add("act-ppl", ppl)
+        self._add("act-entropy", ent)
+        lengths = torch.tensor([[float(e.prompt_len if rd == "prompt_end" else len(e)) for rd in b.reads] for e in b.encoded])
+        self._add("ctl-length", lengths[..., None])
+        texts = [e.text for e in b.encoded]
+        self._add("ctl-bow", torch.from_numpy(_hash_bow(texts))[:, None].expand(-1, len(b.reads), -1))
+        self._flush()
+
+    def _flush(self) -> None:
+        B = self.batch.input_ids.shape[0]
+        reads = self.batch.reads
+        merged = {name: torch.cat(parts, -1).numpy() for name, parts in self._acc.items()}  # (B, R, D)
+        out = [dict() for _ in range(B)]
+        for name, arr in merged.items():
+            for r in range(arr.shape[1]):  # sweep entries carry only the last read
+                read = reads[r] if arr.shape[1] == len(reads) else reads[-1]
+                rep = RepName.parse(name)
+                full = str(rep.with_read(read)) if len(reads) > 1 and not rep.is_sweep else name
+                self.dims[full] = arr.shape[-1]
+                red = self.reduce(np.ascontiguousarray(arr[:, r]))
+                for i in range(B):
+                    out[i][full] = red[i]
+        self.rows.extend(out)
+
+
+def _at_reads(x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, d) at each read position -> (B, R, H, d)."""
+    idx = torch.arange(x.shape[0])
+    return torch.stack([x[idx, :, ends[:, r].to(x.device)] for r in range(ends.shape[1])], 1)
+
+
+def _linear_readout(q: torch.Tensor, S: torch.Tensor, z: torch.Tensor, phi) -> torch.Tensor:
+    """phi(q) S / phi(q).z for the read token's queries: q (B, R, Hq, d), S (B, R, H, f, e)."""
+    rep = q.shape[2] // S.shape[2]
+    fq = phi(q)
+    S, z = S.repeat_interleave(rep, 2), z.repeat_interleave(rep, 2)
+    num = torch.einsum("brhf,brhfe->brhe", fq, S)
+    den = torch.einsum("brhf,brhf->brh", fq, z)
+    den = torch.where(den.abs() < 1e-6, torch.full_like(den, 1e-6).copysign(den), den)
+    return num / den[..., None]
+
+
+def _top_singular_values(S: torch.Tensor, k: int) -> torch.Tensor:
+    """Largest k singular values of (..., f, e) matrices via the e x e Gram (cheaper than an SVD)."""
+    ev = torch.linalg.eigvalsh(S.transpose(-1, -2) @ S).flip(-1)[..., :k]
+    return ev.clamp_min(0).sqrt()
+
+
+def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
+    """LLM-Check hidden score: mean log singular value of the centred (tokens x width) matrix.
+
+    As in LLM-Check, one layer (the middle of the selected ones); computed from the eigenvalues of
+    the smaller Gram matrix, per item and read.
+    """
+    B, R, _ = w.shape
+    out = torch.zeros(B, R)
+    layers = [layers[len(layers) // 2]]
+    for l in layers:
+        h = hs[l + 1].float()
+        for b in range(B):
+            for r in range(R):
+                sel = h[b][w[b, r] > 0]
+                if sel.shape[0] < 2:
+                    continue
+                c = sel - sel.mean(0, keepdim=True)
+                gram = c @ c.T if c.shape[0] <= c.shape[1] else c.T @ c
+                ev = torch.linalg.eigvalsh(gram.double())
+                ev = ev[ev > ev.max() * 1e-6]  # rank <= min(tokens - 1, width): drop the numerical zeros
+                out[b, r] += float(0.5 * ev.log().mean()) / len(layers)
+    return out[..., None]
+
+
+def _token_stats(logits: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-perplexity and mean next-token entropy over the selected tokens up to each read.
+
+    One row at a time: a (T, vocab) log-softmax per row instead of (B, T, vocab) copies.
+    """
+    ids = b.input_ids.to(logits.device)
+    w = b.weights[:, :, 1:].to(logits.device)  # the predicted token (t + 1) must be selected
+    denom = w.sum(-1).clamp_min(1)
+    nll = torch.zeros(w.shape[0], w.shape[-1])
+    ent = torch.zeros_like(nll)
+    for i in range(logits.shape[0]):
+        logp = torch.log_softmax(logits[i, :-1].float(), -1)
+        nll[i] = -logp.gather(-1, ids[i, 1:, None])[:, 0]
+        ent[i] = -(logp.exp() * logp).sum(-1)
+    ppl = torch.einsum("bt,brt->br", nll, w) / denom
+    return ppl[..., None], (torch.einsum("bt,brt->br", ent, w) / denom)[..., None]
+
+
+@dataclass
+class Captured:
+    """Representations of items, in input order, with their sizes and cost."""
+
+    rows: list[dict[str, np.ndarray]]
+    dims: dict[str, int]  # dimensionality before any reduction
+    seconds_per_item: float
+    n_tokens: list[int] = field(default_factory=list)
+
+
+def capture_representations(lm, prompts, settings: RepresentationSettings | None = None, *, reads=None,
+                            batch_size: int = 8, chat: bool | None = None, progress: bool | None = None) -> Captured:
+    """All representations of ``prompts`` (see module docstring), one forward pass per batch."""
+    settings = settings or RepresentationSettings()
+    layers = tuple(check_layers(lm, list(settings.layers) or None))
+    settings = RepresentationSettings(**{**settings.to_dict(), "layers": layers})
+    encoded = encode_all(lm, prompts, chat)
+    if reads is None:
+        reads = ["prompt_end", "end"] if any(e.prompt_len < len(e) for e in encoded) else ["end"]
+    rec = RepresentationRecorder(settings, lm.num_layers)
+    t0 = time.perf_counter()
+    order = run(lm, encoded, [rec], reads=reads, batch_size=batch_size, progress=progress,
+                forward_kwargs={"output_hidden_states": True})
+    elapsed = time.perf_counter() - t0
+    rows = [None] * len(order)
+    for pos, i in enumerate(order):
+        rows[i] = rec.rows[pos]
+    return Captured(rows, rec.dims, elapsed / max(len(order), 1), [len(e) for e in encoded])
+
+

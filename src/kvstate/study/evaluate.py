@@ -1,0 +1,159 @@
+"""Stage 3, evaluate: every representation x detector of one (model, suite) under grouped CV, with
+CIs, length-matched AUROC, the held-out choice of each family's best, the layer sweep and controls."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from ..detect import get_detector, reduce_if_wide
+from ..evaluate import (
+    confound_warnings,
+    evaluate_detector,
+    evaluate_length_matched,
+    length_matched_indices,
+    metrics,
+    selection_corrected,
+    shuffled_label_control,
+)
+from ..representations import RepName, family
+from .config import CORE, LENGTH_MATCHED_FOR, StudyConfig
+from .progress import Stage, log
+from .types import SuiteData, TaskResult
+
+__all__ = ["TooFewGroups", "best", "check_groups", "evaluate_task", "make_detector"]
+
+
+def make_detector(name: str, dim: int, cfg: StudyConfig):
+    """A registered detector, behind PCA when the vectors are wide and the detector unsupervised."""
+    det = get_detector(name, n_estimators=100) if name == "iforest" else get_detector(name)
+    return reduce_if_wide(det, dim, cfg.reduce_above, random_state=cfg.seed)
+
+
+def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:
+    """The number of grouped folds a task allows: every training part needs normal items
+    (unsupervised) and both classes (probes), so each class must appear in at least k groups."""
+    per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+    k = min([n_splits, *per_class])
+    if k < 2:
+        raise TooFewGroups(f"labels 0/1 occur in {per_class[0]}/{per_class[1]} groups; grouped CV needs >= 2 each")
+    return k
+
+
+def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> TaskResult:
+    """Every representation x detector, grouped CV, CIs, length-matched AUROC, sweep, controls."""
+    index, arrays, items = data.index, data.arrays, data.items
+    y, groups, lengths = data.y, data.groups, data.lengths
+    dims = json.loads(index["dims"].iloc[0])
+    cfg = replace(cfg, n_splits=check_groups(y, groups, cfg.n_splits))
+    time_ms = float(index["time_ms"].mean())
+    main = sorted(n for n in arrays if RepName.parse(n).read == "end"
+                  and (cfg.representations is None or n.startswith(tuple(cfg.representations))))
+    extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)
+                   and (cfg.representations is None or c.startswith(tuple(cfg.representations)))]
+    rows, results = [], {}
+    try:
+        matched = length_matched_indices(lengths, y, seed=cfg.seed)
+    except ValueError:  # no length bin holds both classes: length alone separates them
+        matched = np.array([], dtype=int)
+    with Stage("evaluate", len(main + extra_reads), "representations") as stage:
+        for name in main + extra_reads:
+            base = RepName.parse(name).base
+            dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
+            X = arrays[name]
+            for det_name in dets:
+                det = make_detector(det_name, X.shape[1], cfg)
+                r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
+                                      representation=name)
+                lm_auc = None
+                if det_name in LENGTH_MATCHED_FOR and len(matched) >= 20 and len(np.unique(y[matched])) == 2:
+                    lm_auc = evaluate_length_matched(X, y, groups, lengths, det, n_splits=min(cfg.n_splits, 3), seed=cfg.seed,
+                                                     n_boot=1, ci_metrics=()).metrics["auroc"]
+                rows.append({
+                    "representation": name, "family": family(name), "detector": r.detector, "supervised": r.supervised,
+                    "auroc": r.metrics["auroc"], "auroc_lo": r.ci["auroc"][0], "auroc_hi": r.ci["auroc"][1],
+                    "auprc": r.metrics["auprc"], "tpr_at_1fpr": r.metrics["tpr_at_1fpr"],
+                    "tpr_at_1fpr_lo": r.ci["tpr_at_1fpr"][0], "tpr_at_1fpr_hi": r.ci["tpr_at_1fpr"][1],
+                    "fpr_at_95tpr": r.metrics["fpr_at_95tpr"], "dim": int(dims.get(name, X.shape[1])),
+                    "dim_used": int(X.shape[1]), "time_per_item_ms": time_ms, "length_matched_auroc": lm_auc,
+                })
+                results[(name, r.detector)] = r
+            stage.advance(1)
+    log(f"  evaluated {len(rows)} representation x detector rows")
+    task: TaskResult = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows}
+    task["curves"] = _curves(rows, results)
+    # the "best" rows above are maxima over many candidates; this picks on half the groups, scores the other
+    unsup = {f"{r['representation']}|{r['detector']}": r for r in rows
+             if not r["supervised"] and r["family"] in ("kv-state", "activation")}
+    task["selection_corrected"] = selection_corrected(
+        {k: results[(r["representation"], r["detector"])].scores for k, r in unsup.items()},
+        {k: r["family"] for k, r in unsup.items()}, y, groups, seed=cfg.seed)
+    task["layer_sweep"] = _sweep(arrays, y, groups, cfg)
+    length_auc = metrics(y, lengths)["auroc"]
+    warn = confound_warnings(lengths, y)
+    task["length_control"] = {"length_auroc": float(length_auc), "warning": warn[0] if warn else None,
+                              "length_matched_n": int(len(matched))}
+    best_kv = best(rows, "kv-state", supervised=True) or rows[0]
+    sh = shuffled_label_control(arrays[best_kv["representation"]], y, groups,
+                                make_detector("logistic", arrays[best_kv["representation"]].shape[1], cfg),
+                                n_permutations=3, seed=cfg.seed)
+    task["shuffled_label_auroc"] = float(sh["auroc_mean"])
+    task["examples"] = _examples(items, results, rows)
+    return task
+
+
+class TooFewGroups(ValueError):
+    """A task whose labels sit in too few groups for grouped cross-validation."""
+
+
+def _has_response(items) -> bool:
+    return any(it.response for it in items)
+
+
+def best(rows, fam: str, supervised: bool = False):
+    cand = [r for r in rows if r["family"] == fam and r["supervised"] == supervised]
+    return max(cand, key=lambda r: r["auroc"]) if cand else None
+
+
+def _curves(rows, results) -> dict:
+    out = {}
+    picks = [best(rows, "kv-state"), best(rows, "activation"),
+             next((r for r in rows if r["representation"].startswith("ctl-length") and not r["supervised"]), None)]
+    for row in filter(None, picks):
+        r = results[(row["representation"], row["detector"])]
+        fpr, tpr, _ = roc_curve(r.y, r.scores)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
+        out[f"{row['representation']}|{row['detector']}"] = {
+            "fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist(),
+            "scores_normal": r.scores[r.y == 0].round(5).tolist(), "scores_anomalous": r.scores[r.y == 1].round(5).tolist()}
+    return out
+
+
+def _sweep(arrays, y, groups, cfg: StudyConfig) -> dict:
+    layers = sorted(RepName.parse(n).layer for n in arrays if n.startswith("sweep-kv/"))
+    series = {"kv-state": [], "residual": []}
+    with Stage("layer sweep", len(layers), "layers") as stage:
+        for l in layers:
+            for key, name in (("kv-state", f"sweep-kv/{l}"), ("residual", f"sweep-resid/{l}")):
+                X = arrays[name]
+                r = evaluate_detector(X, y, groups, make_detector("mahalanobis", X.shape[1], cfg), n_splits=cfg.n_splits,
+                                      seed=cfg.seed, n_boot=1, ci_metrics=())
+                series[key].append(round(r.metrics["auroc"], 4))
+            stage.advance(1)
+    return {"layers": layers, "series": series, "detector": "mahalanobis (unsupervised)"}
+
+
+def _examples(items, results, rows, n: int = 6) -> list[dict]:
+    row = best(rows, "kv-state")
+    if row is None:
+        return []
+    r = results[(row["representation"], row["detector"])]
+    order = np.argsort(-r.scores)
+    pick = list(order[: n // 2]) + list(order[-(n - n // 2):])
+    return [{"id": items[i].id, "label": int(items[i].label), "text": items[i].text()[:600],
+             "response": (items[i].response or "")[:300], "score": float(r.scores[i]),
+             "scored_by": f"{row['representation']} | {row['detector']}"} for i in pick]

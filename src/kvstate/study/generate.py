@@ -1,0 +1,36 @@
+"""Stage 1, generate: the model's own replies where a suite's labels depend on them (cached by id),
+and the items that fit the context budget."""
+
+from __future__ import annotations
+
+from .._io import read_json, write_json
+from ..capture.generate import generate_replies
+from ..capture.tokens import as_prompt, encode
+from ..data import Item, Suite
+from ..models import LoadedModel
+from ..store import StudyLayout
+from .config import StudyConfig
+from .progress import Stage
+
+__all__ = ["fit_context", "replies"]
+
+
+def replies(lm: LoadedModel, suite: Suite, layout: StudyLayout, cfg: StudyConfig) -> dict[str, str]:
+    """Model replies for a suite that needs them, cached as JSON (atomic) and resumed by id."""
+    path = layout.replies(lm.name, suite.name)
+    cache = read_json(path, "replies cache") if path.exists() else {}
+    todo = [it for it in suite.items if it.id not in cache]
+    with Stage(f"generate {suite.name}", len(todo), "replies") as stage:
+        for s in range(0, len(todo), cfg.chunk):
+            part = todo[s : s + cfg.chunk]
+            got = generate_replies(lm, part, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False)
+            cache.update({it.id: r for it, r in zip(part, got)})
+            write_json(path, cache, sort_keys=True)
+            stage.advance(len(part))
+    return {it.id: cache[it.id] for it in suite.items}
+
+
+def fit_context(lm: LoadedModel, items: list[Item], max_tokens: int) -> tuple[list[Item], int]:
+    """The items whose prompt + reply fit ``max_tokens``, and how many were dropped."""
+    keep = [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
+    return keep, len(items) - len(keep)

@@ -1,0 +1,155 @@
+"""The main job, as a pipeline of stages: for each model x suite, generate and label replies if
+needed (:mod:`.generate`), capture every representation in one pass into a resumable store
+(:mod:`.capture`), evaluate them side by side (:mod:`.evaluate`), then cross-suite transfer
+(:mod:`.transfer`), the live monitor (:mod:`.monitor`), phi fidelity (:mod:`.fidelity`) and the
+report (:mod:`kvstate.report`).
+
+Every stage is cached on disk under the output folder (:class:`kvstate.store.StudyLayout`), so a
+killed run resumes where it stopped and ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .._io import read_json, write_json
+from .._version import __version__
+from ..capture import check_layers
+from ..data import load_suite
+from ..models import load_model
+from ..report import write_report
+from ..representations import RepresentationSettings
+from ..store import Store, StudyLayout, item_content, suite_label
+from .capture import capture_suite
+from .config import EVALUATION_SETTINGS, StudyConfig
+from .evaluate import TooFewGroups, best, evaluate_task
+from .fidelity import phi_fidelity
+from .generate import fit_context, replies
+from .monitor import evaluate_monitor
+from .progress import log
+from .transfer import cross_suite
+from .types import SuiteData
+
+__all__ = ["evaluate_study", "run_study"]
+
+
+def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
+    """Run (or resume) a study and write report.html + results.json under ``out``."""
+    out = Path(out)
+    layout = StudyLayout(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    suites = {suite_label(name): load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
+    results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
+                        "suites": cfg.suites, "config": asdict(cfg), "notes": []},
+               "tasks": {}, "transfer": {}, "monitor": {}}
+    for model_name in cfg.models:
+        t_model = time.perf_counter()
+        lm = load_model(model_name, dtype=cfg.dtype)
+        settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
+                                          projection=cfg.projection)
+        per_suite = {}
+        for suite_name, suite in suites.items():
+            t0 = time.perf_counter()
+            log(f"[{lm.name} / {suite_name}] {len(suite.items)} items")
+            if suite.generation:
+                suite = suite.label_with(replies(lm, suite, layout, cfg), strict=True)
+            items, dropped = fit_context(lm, suite.items, cfg.max_tokens)
+            if dropped:
+                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
+            labels = {it.label for it in items}
+            if labels != {0, 1}:
+                note = f"{lm.name}/{suite_name}: skipped, labels {sorted(labels)} (needs both classes; e.g. the model never refused)"
+                results["meta"]["notes"].append(note)
+                log("  " + note)
+                per_suite[suite_name] = None
+                continue
+            data = capture_suite(lm, items, layout, cfg, settings, suite_name)
+            try:
+                task = evaluate_task(data, cfg)
+            except TooFewGroups as e:
+                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: not evaluated, {e}")
+                log(f"  not evaluated: {e}")
+                per_suite[suite_name] = None
+                continue
+            task.update(model=lm.name, suite=suite_name, description=suite.description, layers=list(settings.layers),
+                        seconds=round(time.perf_counter() - t0, 1))
+            results["tasks"][f"{lm.name}/{suite_name}"] = task
+            per_suite[suite_name] = data
+            if suite_name in cfg.monitor_suites and cfg.monitor_items > 0:
+                try:
+                    results["monitor"][f"{lm.name}/{suite_name}"] = evaluate_monitor(lm, data, settings, cfg)
+                    log(f"  monitor: {results['monitor'][f'{lm.name}/{suite_name}']}")
+                except ValueError as e:
+                    results["meta"]["notes"].append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
+            top = best(task["table"], "kv-state"), best(task["table"], "activation")
+            log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {top[0]['auroc']:.3f}, "
+                f"activation {top[1]['auroc']:.3f}, length alone {task['length_control']['length_auroc']:.3f}")
+            write_json(layout.results, results, sort_keys=True)
+        for rep, block in cross_suite(per_suite, cfg).items():
+            results["transfer"][f"{lm.name} | {rep}"] = block
+        if cfg.fidelity_layers:
+            results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg)
+        log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
+        del lm
+    write_report(results, out)
+    return results
+
+
+def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
+    """Re-run the evaluation of a finished study from its store and rewrite results.json + report.html.
+
+    No model is loaded and nothing is captured: other detectors, a representation filter, more
+    bootstrap resamples, or new evaluation code over the same stored states. With no overrides the
+    numbers equal the study's own. The live-monitor and phi-fidelity sections need the model, so
+    they are kept from the original run (a note in the results says so).
+    """
+    out = Path(out)
+    layout = StudyLayout(out)
+    path = layout.results
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; run `kvstate study -o {out}` first")
+    unknown = sorted(set(overrides) - set(EVALUATION_SETTINGS))
+    if unknown:
+        raise ValueError(f"{unknown} change what is captured, not how it is evaluated; re-run `kvstate study` "
+                         f"(evaluation settings: {', '.join(EVALUATION_SETTINGS)})")
+    results = read_json(path, "study results file")
+    cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    sources = {suite_label(n): n for n in cfg.suites}
+    per_model: dict[str, dict] = {}
+    for key, task in results["tasks"].items():
+        t0, model, label = time.perf_counter(), task["model"], task["suite"]
+        if not layout.has_store(model, label):
+            raise ValueError(f"{layout.store(model, label)}: the store of {key} is missing; "
+                             f"re-run `kvstate study -o {out}` to rebuild it")
+        store = Store(layout.store(model, label))
+        suite = load_suite(sources[label], limit=cfg.limit, seed=cfg.seed)
+        if suite.generation:  # the study's own cached replies, so the labels are the study's
+            cache = layout.replies(model, suite.name)
+            suite = suite.label_with(read_json(cache, "replies cache") if cache.exists() else {}, strict=True)
+        stored = set(store.index()["item_key"])
+        keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
+        keyed = [(k, it) for k, it in keyed if k in stored]  # items the study dropped as too long are absent
+        index, arrays = store.load(keys=[k for k, _ in keyed])
+        data = SuiteData(label, index, arrays, [it for _, it in keyed])
+        new = evaluate_task(data, cfg)
+        new.update({k: task[k] for k in ("model", "suite", "description", "layers") if k in task},
+                   seconds=round(time.perf_counter() - t0, 1))
+        results["tasks"][key] = new
+        per_model.setdefault(model, {})[label] = data
+        log(f"[{key}] re-evaluated: {len(new['table'])} rows in {new['seconds']} s")
+    results["transfer"] = {f"{m} | {rep}": block for m, per_suite in per_model.items()
+                           for rep, block in cross_suite(per_suite, cfg).items()}
+    results["meta"]["config"] = asdict(cfg)
+    results["meta"]["notes"].append(
+        f"evaluation re-run from the store ({command or 'evaluate_study'}, "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}); monitor and fidelity are from the original run")
+    write_json(path, results, sort_keys=True)
+    write_report(results, out)
+    return results

@@ -1,0 +1,95 @@
+"""The typed inputs and outputs of the study's stages.
+
+In memory a captured suite is a :class:`SuiteData`; what a stage writes into results.json is a
+``TypedDict`` (JSON has no classes, and the report reads the same keys back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import pandas as pd
+
+from ..data import Item
+
+__all__ = ["FidelityResult", "MonitorEvaluation", "SuiteData", "TaskResult", "TransferBlock"]
+
+
+@dataclass
+class SuiteData:
+    """One (model, suite) after capture: the store's index rows, arrays by representation name, and
+    the suite items, all in the same order."""
+
+    name: str
+    index: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+    items: list[Item]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.index["label"].to_numpy().astype(int)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.index["group"].to_numpy()
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.index["n_tokens"].to_numpy().astype(float)
+
+
+class TaskResult(TypedDict, total=False):
+    """results.json ``tasks[<model>/<suite>]``: the evaluation of one (model, suite)."""
+
+    n: int
+    label_counts: dict[str, int]
+    table: list[dict[str, Any]]  # one row per representation x detector
+    curves: dict[str, dict[str, list[float]]]
+    selection_corrected: dict[str, Any]
+    layer_sweep: dict[str, Any]
+    length_control: dict[str, Any]
+    shuffled_label_auroc: float
+    examples: list[dict[str, Any]]
+    model: str
+    suite: str
+    description: str
+    layers: list[int]
+    seconds: float
+
+
+class TransferBlock(TypedDict):
+    """results.json ``transfer[<model> | <representation>]``: fit on one suite, score the others."""
+
+    suites: list[str]
+    auroc: list[list[float | None]]
+    representation: str
+    detector: str
+
+
+class MonitorEvaluation(TypedDict):
+    """results.json ``monitor[<model>/<suite>]``: the live monitor on held-out items."""
+
+    representation: str
+    detector: str
+    threshold_fpr: float
+    n_test: int
+    n_anomalous: int
+    n_calibration: int
+    max_new_tokens: int
+    peak_auroc: float | None
+    flagged_anomalous: float | None
+    flagged_normal: float | None
+    seq_flagged_anomalous: float | None
+    seq_flagged_normal: float | None
+    seq_median_tokens_to_flag: float | None
+    note: str
+
+
+class FidelityResult(TypedDict):
+    """results.json ``fidelity[<model>]``: linear vs softmax attention, per layer and phi."""
+
+    layers: list[int]
+    series: dict[str, list[float]]
+    metric: str
