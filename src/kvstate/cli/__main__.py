@@ -1,5 +1,5 @@
 """``python -m kvstate.cli`` runs the command line."""
 
-from .app import app
+from . import app
 
 app()

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -160,7 +159,7 @@ def extract(
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o")) -> None:
     """The main job on the default model, quick: `kvstate study --quick` and where the report is."""
     study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, engine=None,
-          address=None, workers=None, config=None)
+          address=None, workers=None, config=None, test_suites=None)
 
 
 def _study_config(config: Optional[Path], quick: bool, **flags):
@@ -195,6 +194,19 @@ def _split(x: Optional[str]) -> Optional[list[str]]:
     return [p.strip() for p in x.split(",") if p.strip()] if x else None
 
 
+def _transfer_pairs(specs: Optional[List[str]]) -> Optional[dict[str, list[str]]]:
+    """{"jailbreak": ["a", "b.jsonl"]} from ["jailbreak=a,b.jsonl"]."""
+    if not specs:
+        return None
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        train, sep, tests = spec.partition("=")
+        if not sep or not train.strip() or not _split(tests):
+            fail(f"--test-suites {spec!r}: write TRAIN=TEST1,TEST2, e.g. --test-suites jailbreak=my_jailbreaks.jsonl")
+        out.setdefault(train.strip(), []).extend(_split(tests))
+    return out
+
+
 @app.command()
 def study(
     out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="output folder (store, replies, report)"),
@@ -209,6 +221,8 @@ def study(
     address: Optional[str] = typer.Option(None, help="Ray address (e.g. auto); default starts a local cluster"),
     workers: Optional[int] = typer.Option(None, help="Ray model replicas [2]"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
+    test_suites: Optional[List[str]] = typer.Option(None, "--test-suites", help="held-out transfer: TRAIN=TEST1,TEST2 "
+                                                    "(repeatable); test suites are other datasets of the same task"),
 ) -> None:
     """Run (or resume) the study: replies, labels, one-pass capture, evaluation, report.
 
@@ -219,7 +233,8 @@ def study(
       kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
     """
     cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
-                        dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers)
+                        dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers,
+                        transfer=_transfer_pairs(test_suites))
     if cfg.engine not in ("local", "ray"):
         fail(f"unknown engine {cfg.engine!r}. Available: local, ray")
     writable_path(out)
@@ -298,95 +313,6 @@ def plan(
                                          gpu_flops=gpu_flops)))
     except (ValueError, KeyError) as e:
         fail(str(e).splitlines()[0])
-
-
-@app.command("train-monitor")
-def train_monitor(
-    study_dir: Path = typer.Option(Path("runs/study"), "--study", help="a study folder (its store is read)"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    suite: str = typer.Option(..., help="suite whose stored normal items fit the detector"),
-    representation: str = typer.Option("kv-elu-S/n-hn@end", help="a kv read-out stored by the study"),
-    detector: str = typer.Option("mahalanobis", help="unsupervised: mahalanobis, pca, knn"),
-    fpr: float = typer.Option(0.01, help="false-positive rate on normal items for the threshold"),
-    per_sequence: bool = typer.Option(False, "--per-sequence", help="threshold per reply, not per step: hold out a "
-                                      "third of the normal prompts and generate from them (loads the model)"),
-    max_new_tokens: int = typer.Option(40, help="reply length for --per-sequence calibration"),
-    out: Path = typer.Option(..., "--out", "-o", help="monitor folder to write"),
-) -> None:
-    """Fit a monitor's detector on a study's stored normal states and calibrate its threshold.
-
-    Example:
-
-      kvstate train-monitor --study runs/study --suite sysprompt -o monitors/sysprompt
-    """
-    from ..monitor import save_monitor
-    from ..study import train_monitor as fit
-
-    if not (study_dir / "store").exists():
-        fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
-    writable_path(out)
-    try:
-        spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
-                        max_new_tokens=max_new_tokens)
-    except (ValueError, KeyError) as e:
-        fail(_first_line(e))
-    save_monitor(out, spec, det)
-    level = "per reply" if per_sequence else "per step"
-    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
-                  f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
-
-
-@app.command()
-def monitor(
-    prompt: str = typer.Argument(..., help="the user message"),
-    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
-    model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    system: Optional[str] = typer.Option(None, help="system prompt"),
-    max_new_tokens: int = typer.Option(64),
-    stop: bool = typer.Option(True, "--stop/--no-stop", help="end generation when the threshold is crossed"),
-    every: int = typer.Option(1, help="score every n tokens"),
-) -> None:
-    """Generate a reply while scoring the live KV state; each token is shaded by its anomaly level.
-
-    Example:
-
-      kvstate monitor -d monitors/sysprompt --system "Only answer in French." "Tell me about Paris"
-    """
-    import kvstate
-
-    from ..monitor import Monitor, load_monitor
-
-    try:
-        spec, det = load_monitor(detector)
-        lm = kvstate.load_model(model)
-    except ValueError as e:
-        fail(str(e).splitlines()[0])
-    if spec.model and spec.model != lm.name:
-        fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
-    thr = spec.threshold
-    tok = lm.tokenizer
-
-    def show(step, token_ids, scores):
-        s = float(scores[0])
-        text = escape(tok.decode([int(token_ids[0])]))
-        if s != s:  # not scored this step
-            console.print(text, end="")
-            return
-        level = min(max(s / thr, 0.0), 2.0) if thr else 0.0
-        colour = "green" if level < 0.8 else "yellow" if level < 1.0 else "bold red"
-        console.print(f"[{colour}]{text}[/]", end="")
-
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    mon = Monitor(lm, spec, det, every=every, stop=stop and thr is not None, on_step=show)
-    res = mon.generate([messages], max_new_tokens=max_new_tokens)
-    console.print()
-    scores = res.scores[0]
-    if res.stopped_at[0] is not None:
-        verb = "stopped" if stop else "flagged"
-        console.print(f"[bold red]{verb} at token {res.stopped_at[0]}[/]: score {scores[res.stopped_at[0]]:.4g} > "
-                      f"threshold {thr:.4g} ({spec.representation}, calibrated at FPR {spec.fpr})")
-    else:
-        console.print(f"[green]not flagged[/]: max score {np.nanmax(scores):.4g} <= threshold {thr}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -58,9 +58,9 @@ def load(path: str | Path) -> Suite:
         raise ValueError(f"{where}: the file has no rows; add labelled rows")
     items = [_item(where, i, row) for i, row in enumerate(df.to_dict("records"))]
     labels = {it.label for it in items}
-    if len(labels) < 2:
-        raise ValueError(f"{where}: every row has label {labels.pop()}; a suite needs both "
-                         "0 and 1 rows")
+    if labels == {1}:  # all-normal files are benign calibration sets; all-anomalous ones are a mistake
+        raise ValueError(f"{where}: every row has label 1; a suite needs both 0 and 1 rows "
+                         "(or only 0 rows, for a benign calibration file)")
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

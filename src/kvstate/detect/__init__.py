@@ -25,7 +25,7 @@ from .lof import LOFDetector
 from .logistic import LogisticDetector
 from .mahalanobis import MahalanobisDetector
 from .pca import PCADetector
-from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_reducer, reduce_if_wide
+from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_detector, make_reducer, reduce_if_wide
 from .registry import DETECTORS, get_detector, is_supervised
 from .repe_pca import RepEPCADetector
 from .serialize import detector_from_dict, detector_to_dict, load_detector, save_detector
@@ -49,6 +49,7 @@ __all__ = [
     "get_detector",
     "is_supervised",
     "load_detector",
+    "make_detector",
     "make_reducer",
     "reduce_if_wide",
     "save_detector",

@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .registry import get_detector, is_supervised
 
-__all__ = ["PCAReduce", "RandomProjection", "detector_pipeline", "make_reducer"]
+__all__ = ["PCAReduce", "RandomProjection", "detector_pipeline", "make_detector", "make_reducer", "reduce_if_wide"]
 
 
 class RandomProjection(TransformerMixin, BaseEstimator):
@@ -185,3 +185,10 @@ def reduce_if_wide(detector: Any, dim: int, reduce_above: int = 512, n_component
     if is_supervised(detector) or dim <= reduce_above:
         return detector
     return detector_pipeline(detector, reduce="pca", n_components=n_components, random_state=random_state)
+
+
+def make_detector(name: str, dim: int, *, reduce_above: int = 512, seed: int = 0) -> Any:
+    """The study's detector by name for ``dim``-wide vectors: PCA-64 (fitted per fold) before an
+    unsupervised detector on wide vectors, and a 100-tree Isolation Forest (as every study uses)."""
+    det = get_detector(name, n_estimators=100) if name == "iforest" else get_detector(name)
+    return reduce_if_wide(det, dim, reduce_above, random_state=seed)

@@ -11,6 +11,7 @@ from .cv import (
                  confound_warnings,
                  evaluate_detector,
                  evaluate_length_matched,
+                 fit_clone,
                  length_matched_indices,
                  selection_corrected,
                  shuffled_label_control,
@@ -19,5 +20,5 @@ from .cv import (
 from .metrics import METRICS, bootstrap_ci, metrics
 
 __all__ = ["METRICS", "EvalResult", "bootstrap_ci", "comparison_table", "confound_warnings", "evaluate_detector",
-           "evaluate_length_matched", "length_matched_indices", "metrics", "selection_corrected",
+           "evaluate_length_matched", "fit_clone", "length_matched_indices", "metrics", "selection_corrected",
            "shuffled_label_control", "transfer_matrix"]

@@ -41,6 +41,7 @@ __all__ = [
     "confound_warnings",
     "evaluate_detector",
     "evaluate_length_matched",
+    "fit_clone",
     "length_matched_indices",
     "selection_corrected",
     "shuffled_label_control",
@@ -119,6 +120,13 @@ def _as_arrays(X: ArrayLike, y: ArrayLike, groups: ArrayLike | None) -> tuple[ND
     if g.shape[0] != X.shape[0]:
         raise ValueError("groups must have one entry per row of X")
     return X, y_.astype(np.int64), g
+
+
+def fit_clone(detector: Any, X: ArrayLike, y: ArrayLike, unsupervised_train: Literal["normal", "all"] = "normal") -> Any:
+    """A clone of ``detector`` fitted on (X, y): probes on every item, unsupervised detectors on the
+    normal items (``unsupervised_train="normal"``) or on all of them."""
+    X, y = np.asarray(X), np.asarray(y).astype(np.int64)
+    return _fit_fold(detector, X, y, np.arange(y.size), unsupervised_train)
 
 
 def _fit_fold(detector: Any, X: NDArray[Any], y: NDArray[np.int64], train: NDArray[np.int64],

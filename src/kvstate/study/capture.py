@@ -7,7 +7,7 @@ from ..data import Item
 from ..models import LoadedModel
 from ..representations import RepresentationSettings
 from ..store import Store, StudyLayout, item_content, store_settings
-from .chunks import capture_chunk, item_record
+from ..store.chunks import capture_chunk, item_record
 from .config import StudyConfig
 from .progress import Stage, log
 from .ray import run_ray_extraction
@@ -38,4 +38,4 @@ def capture_suite(lm: LoadedModel, items: list[Item], layout: StudyLayout, cfg: 
             store.put(rows, arrays)
             stage.advance(len(part))
     index, arrays = store.load(keys=keys)
-    return SuiteData(suite_name, index, arrays, list(items))
+    return SuiteData.from_store(suite_name, index, arrays, list(items))

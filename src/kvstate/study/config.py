@@ -45,6 +45,10 @@ class StudyConfig:
     monitor_items: int = 60  # test-split items generated with the live monitor
     monitor_fpr: float = 0.01
     fidelity_layers: str | None = "upper3"  # layers where linear attention is compared with softmax; None skips
+    transfer: dict[str, list[str]] = field(default_factory=dict)  # training suite -> test suites of the same task
+    calibration_suite: str | None = "benign-chat"  # benign prompts that set the transfer threshold
+    calibration_items: int = 300
+    transfer_fpr: float = 0.01
     engine: Engine = "local"  # or "ray": extraction as a Ray Data pipeline into the same store
     ray_address: str | None = None
     ray_workers: int = 2

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from ..detect import get_detector, reduce_if_wide
+from ..detect import make_detector as _make_detector
 from ..evaluate import (
     confound_warnings,
     evaluate_detector,
@@ -30,8 +30,7 @@ __all__ = ["TooFewGroups", "best", "check_groups", "evaluate_task", "make_detect
 
 def make_detector(name: str, dim: int, cfg: StudyConfig):
     """A registered detector, behind PCA when the vectors are wide and the detector unsupervised."""
-    det = get_detector(name, n_estimators=100) if name == "iforest" else get_detector(name)
-    return reduce_if_wide(det, dim, cfg.reduce_above, random_state=cfg.seed)
+    return _make_detector(name, dim, reduce_above=cfg.reduce_above, seed=cfg.seed)
 
 
 def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:

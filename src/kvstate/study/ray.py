@@ -32,7 +32,7 @@ from ..capture import select_layers
 from ..models import load_model, model_name, resolve
 from ..representations import RepresentationSettings
 from ..store import Store, item_content, store_settings
-from .chunks import capture_chunk, item_record
+from ..store.chunks import capture_chunk, item_record
 
 
 def _require_ray():

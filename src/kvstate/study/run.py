@@ -20,8 +20,8 @@ import torch
 from .._io import read_json, write_json
 from .._version import __version__
 from ..capture import check_layers
-from ..data import load_suite
-from ..models import load_model
+from ..data import Suite, load_suite
+from ..models import LoadedModel, load_model
 from ..report import write_report
 from ..representations import RepresentationSettings
 from ..store import Store, StudyLayout, item_content, suite_label
@@ -32,8 +32,8 @@ from .fidelity import phi_fidelity
 from .generate import fit_context, replies
 from .monitor import evaluate_monitor
 from .progress import log
-from .transfer import cross_suite
-from .types import SuiteData
+from .transfer import cross_suite, heldout_transfer
+from .types import HeldoutTransfer, SuiteData
 
 __all__ = ["evaluate_study", "run_study"]
 
@@ -45,36 +45,27 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     suites = {suite_label(name): load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
+    check_transfer(cfg)
     results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
                         "suites": cfg.suites, "config": asdict(cfg), "notes": []},
-               "tasks": {}, "transfer": {}, "monitor": {}}
+               "tasks": {}, "transfer": {}, "heldout": {}, "monitor": {}}
+    notes = results["meta"]["notes"]
     for model_name in cfg.models:
         t_model = time.perf_counter()
         lm = load_model(model_name, dtype=cfg.dtype)
         settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
                                           projection=cfg.projection)
-        per_suite = {}
+        per_suite: dict[str, SuiteData | None] = {}
         for suite_name, suite in suites.items():
             t0 = time.perf_counter()
-            log(f"[{lm.name} / {suite_name}] {len(suite.items)} items")
-            if suite.generation:
-                suite = suite.label_with(replies(lm, suite, layout, cfg), strict=True)
-            items, dropped = fit_context(lm, suite.items, cfg.max_tokens)
-            if dropped:
-                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
-            labels = {it.label for it in items}
-            if labels != {0, 1}:
-                note = f"{lm.name}/{suite_name}: skipped, labels {sorted(labels)} (needs both classes; e.g. the model never refused)"
-                results["meta"]["notes"].append(note)
-                log("  " + note)
-                per_suite[suite_name] = None
+            data = per_suite[suite_name] = prepare_suite(lm, suite_name, suite, layout, cfg, settings, notes)
+            if data is None:
                 continue
-            data = capture_suite(lm, items, layout, cfg, settings, suite_name)
             try:
                 task = evaluate_task(data, cfg)
             except TooFewGroups as e:
-                results["meta"]["notes"].append(f"{lm.name}/{suite_name}: not evaluated, {e}")
+                notes.append(f"{lm.name}/{suite_name}: not evaluated, {e}")
                 log(f"  not evaluated: {e}")
                 per_suite[suite_name] = None
                 continue
@@ -87,19 +78,83 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
                     results["monitor"][f"{lm.name}/{suite_name}"] = evaluate_monitor(lm, data, settings, cfg)
                     log(f"  monitor: {results['monitor'][f'{lm.name}/{suite_name}']}")
                 except ValueError as e:
-                    results["meta"]["notes"].append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
+                    notes.append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
             top = best(task["table"], "kv-state"), best(task["table"], "activation")
             log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {top[0]['auroc']:.3f}, "
                 f"activation {top[1]['auroc']:.3f}, length alone {task['length_control']['length_auroc']:.3f}")
             write_json(layout.results, results, sort_keys=True)
         for rep, block in cross_suite(per_suite, cfg).items():
             results["transfer"][f"{lm.name} | {rep}"] = block
+        results["heldout"].update(run_heldout(lm, per_suite, results["tasks"], layout, cfg, settings, notes))
+        write_json(layout.results, results, sort_keys=True)
         if cfg.fidelity_layers:
             results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg)
         log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
         del lm
     write_report(results, out)
     return results
+
+
+def check_transfer(cfg: StudyConfig) -> None:
+    """Held-out transfer settings, checked (and their suites loaded) before any model work."""
+    if not isinstance(cfg.transfer, dict):
+        raise ValueError(f"transfer must map a training suite to a list of test suites, got {cfg.transfer!r}")
+    labels = {suite_label(n) for n in cfg.suites}
+    for train, tests in cfg.transfer.items():
+        if suite_label(train) not in labels:
+            raise ValueError(f"transfer: training suite {train!r} is not among the study's suites ({', '.join(cfg.suites)})")
+        if isinstance(tests, str) or not tests:
+            raise ValueError(f"transfer: {train!r} needs a list of test suites, e.g. {train} = [\"my_test.jsonl\"]")
+        for t in tests:
+            load_suite(t, limit=cfg.limit, seed=cfg.seed)
+    if cfg.transfer and cfg.calibration_suite:
+        load_suite(cfg.calibration_suite, limit=cfg.calibration_items, seed=cfg.seed)
+    if not 0 < cfg.transfer_fpr < 1:
+        raise ValueError(f"transfer_fpr must be in (0, 1), got {cfg.transfer_fpr}")
+
+
+def prepare_suite(lm: LoadedModel, name: str, suite: Suite, layout: StudyLayout, cfg: StudyConfig,
+                  settings: RepresentationSettings, notes: list[str], *, one_class: bool = False) -> SuiteData | None:
+    """Replies (if the labels need them), the items that fit the context, then capture; None (with a
+    note) when the suite cannot be evaluated: a single class, unless ``one_class`` (calibration)."""
+    log(f"[{lm.name} / {name}] {len(suite.items)} items")
+    if suite.generation:
+        suite = suite.label_with(replies(lm, suite, layout, cfg), strict=True)
+    items, dropped = fit_context(lm, suite.items, cfg.max_tokens)
+    if dropped:
+        notes.append(f"{lm.name}/{name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
+    labels = {it.label for it in items}
+    if not items or (labels != {0, 1} and not one_class):
+        note = f"{lm.name}/{name}: skipped, labels {sorted(labels)} (needs both classes; e.g. the model never refused)"
+        notes.append(note)
+        log("  " + note)
+        return None
+    return capture_suite(lm, items, layout, cfg, settings, name)
+
+
+def run_heldout(lm: LoadedModel, per_suite: dict[str, SuiteData | None], tasks: dict, layout: StudyLayout,
+                cfg: StudyConfig, settings: RepresentationSettings, notes: list[str]) -> dict[str, HeldoutTransfer]:
+    """The held-out transfer stage: each training suite in ``cfg.transfer`` against its test suites."""
+    out: dict[str, HeldoutTransfer] = {}
+    todo = {train: tests for train, tests in cfg.transfer.items() if per_suite.get(suite_label(train)) is not None}
+    if not todo:
+        return out
+    calib = None
+    if cfg.calibration_suite:
+        suite = load_suite(cfg.calibration_suite, limit=cfg.calibration_items, seed=cfg.seed)
+        calib = prepare_suite(lm, suite_label(cfg.calibration_suite), suite, layout, cfg, settings, notes, one_class=True)
+    for train, tests in todo.items():
+        train_data = per_suite[suite_label(train)]
+        for test_name in tests:
+            label = suite_label(test_name)
+            test = prepare_suite(lm, label, load_suite(test_name, limit=cfg.limit, seed=cfg.seed), layout, cfg, settings, notes)
+            if test is None:
+                continue
+            key = f"{lm.name}/{suite_label(train)} -> {label}"
+            out[key] = heldout_transfer(train_data, tasks[f"{lm.name}/{suite_label(train)}"], test, calib, cfg)
+            log(f"  {key}: " + ", ".join(f"{r['family']}{'' if r['supervised'] else ' (unsup.)'} {r['auroc']:.2f}"
+                                          for r in out[key]["rows"]))
+    return out
 
 
 def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
@@ -137,7 +192,7 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
         keyed = [(k, it) for k, it in keyed if k in stored]  # items the study dropped as too long are absent
         index, arrays = store.load(keys=[k for k, _ in keyed])
-        data = SuiteData(label, index, arrays, [it for _, it in keyed])
+        data = SuiteData.from_store(label, index, arrays, [it for _, it in keyed])
         new = evaluate_task(data, cfg)
         new.update({k: task[k] for k in ("model", "suite", "description", "layers") if k in task},
                    seconds=round(time.perf_counter() - t0, 1))

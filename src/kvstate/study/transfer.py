@@ -1,13 +1,23 @@
-"""Stage 4, transfer: detectors fitted on one suite and scored on the others."""
+"""Stage 4, transfer: detectors fitted on one suite and scored on others.
+
+``cross_suite``: an unsupervised matrix across the study's own suites (different tasks).
+``heldout_transfer``: train on one suite, test on another dataset of the same task, with the
+threshold set on benign chat: what decides whether a detector can be deployed.
+"""
 
 from __future__ import annotations
 
-from ..evaluate import transfer_matrix
+import numpy as np
+
+from ..deploy import choose
+from ..detect import threshold_for_fpr
+from ..evaluate import bootstrap_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
+from ..representations import RepName
 from .config import StudyConfig
 from .evaluate import make_detector
-from .types import SuiteData, TransferBlock
+from .types import HeldoutTransfer, SuiteData, TaskResult, TransferBlock
 
-__all__ = ["TRANSFER_REPRESENTATIONS", "cross_suite"]
+__all__ = ["FAMILIES", "TRANSFER_REPRESENTATIONS", "choose", "cross_suite", "fit_choice", "heldout_transfer"]
 
 TRANSFER_REPRESENTATIONS = ("kv-elu-S/n-hn@end", "kv-identity-S/n-pre-content@end", "act-resid-last@end")
 
@@ -27,3 +37,83 @@ def cross_suite(per_suite: dict[str, SuiteData | None], cfg: StudyConfig) -> dic
         out[rep] = {"suites": names, "auroc": table.to_numpy().round(4).tolist(), "representation": rep,
                     "detector": "mahalanobis (unsupervised)"}
     return out
+
+
+# ----------------------------------------------------------------------------------- held-out datasets
+FAMILIES = ("kv-state", "activation", "control")
+
+
+def _auroc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, cfg: StudyConfig) -> tuple[float, list[float] | None]:
+    auc = metrics(y, s)["auroc"]
+    try:
+        ci = list(bootstrap_ci(y, s, "auroc", n_boot=cfg.n_boot, seed=cfg.seed, groups=groups))
+    except ValueError:  # too few groups to resample
+        ci = None
+    return auc, ci
+
+
+def _length_matched_auroc(test: SuiteData, s: np.ndarray, seed: int) -> float | None:
+    try:
+        idx = length_matched_indices(test.lengths, test.y, seed=seed)
+    except ValueError:
+        return None
+    if len(idx) < 20 or len(np.unique(test.y[idx])) < 2:
+        return None
+    return metrics(test.y[idx], s[idx])["auroc"]
+
+
+def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
+    """The chosen detector fitted on every training item (probes) or every normal one."""
+    X = train.arrays[row["representation"]]
+    det = make_detector(row["detector"].rsplit("+", 1)[-1], X.shape[1], cfg)  # "pca64+mahalanobis" -> mahalanobis
+    return fit_clone(det, X, train.y)
+
+
+def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib: SuiteData | None,
+                     cfg: StudyConfig) -> HeldoutTransfer:
+    """Train on one suite, test on another of the same task, threshold on benign chat.
+
+    For each family (KV state, activations, controls), supervised and unsupervised: the
+    representation and detector with the best grouped-CV AUROC on the training suite, fitted on all
+    of it, scored on the test suite (AUROC with a grouped bootstrap CI, length-matched AUROC) and
+    on the benign calibration prompts, whose ``1 - transfer_fpr`` quantile is the threshold: the
+    test suite's TPR and FPR at that threshold are what a deployment would see.
+    """
+    y, groups = test.y, test.groups
+    rows = []
+    for supervised in (True, False):
+        for fam in FAMILIES:
+            row = choose(task["table"], fam, supervised)
+            if row is None or row["representation"] not in test.arrays:
+                continue
+            est = fit_choice(train, row, cfg)
+            s = np.asarray(est.decision_function(test.arrays[row["representation"]]), dtype=float)
+            auc, ci = _auroc_ci(y, s, groups, cfg)
+            out = {"family": fam, "supervised": supervised, "representation": row["representation"],
+                   "detector": row["detector"], "in_distribution_auroc": row["auroc"],
+                   "in_distribution_ci": [row["auroc_lo"], row["auroc_hi"]], "auroc": auc, "auroc_ci": ci,
+                   "length_matched_auroc": _length_matched_auroc(test, s, cfg.seed),
+                   "threshold": None, "tpr_at_benign_fpr": None, "fpr_realised": None, "test_scores": s.tolist()}
+            if calib is not None and row["representation"] in calib.arrays:
+                benign = np.asarray(est.decision_function(calib.arrays[row["representation"]]), dtype=float)
+                thr = threshold_for_fpr(benign, cfg.transfer_fpr)
+                out.update(threshold=thr, tpr_at_benign_fpr=float((s[y == 1] > thr).mean()),
+                           fpr_realised=float((s[y == 0] > thr).mean()))
+            rows.append(out)
+    return {"train": train.name, "test": test.name, "n_test": int(len(y)),
+            "label_counts": {str(c): int((y == c).sum()) for c in (0, 1)},
+            "length_auroc": metrics(y, test.lengths)["auroc"], "calibration": calib.name if calib else None,
+            "n_calibration": int(len(calib.y)) if calib else 0, "fpr": cfg.transfer_fpr, "rows": rows,
+            "layer_sweep": _sweep_transfer(train, test, cfg)}
+
+
+def _sweep_transfer(train: SuiteData, test: SuiteData, cfg: StudyConfig) -> dict:
+    """Per-layer transfer AUROC of a logistic probe on the sweep representations."""
+    layers = sorted(RepName.parse(n).layer for n in train.arrays if n.startswith("sweep-kv/") and n in test.arrays)
+    series: dict[str, list[float]] = {"kv-state": [], "residual": []}
+    for layer in layers:
+        for key, name in (("kv-state", f"sweep-kv/{layer}"), ("residual", f"sweep-resid/{layer}")):
+            X = train.arrays[name]
+            est = fit_clone(make_detector("logistic", X.shape[1], cfg), X, train.y)
+            series[key].append(round(metrics(test.y, est.decision_function(test.arrays[name]))["auroc"], 4))
+    return {"layers": layers, "series": series, "detector": "logistic (fit on the training suite)"}

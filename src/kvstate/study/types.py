@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..data import Item
 
-__all__ = ["FidelityResult", "MonitorEvaluation", "SuiteData", "TaskResult", "TransferBlock"]
+__all__ = ["FidelityResult", "HeldoutTransfer", "MonitorEvaluation", "SuiteData", "TaskResult", "TransferBlock"]
 
 
 @dataclass
@@ -26,6 +26,13 @@ class SuiteData:
     index: pd.DataFrame
     arrays: dict[str, np.ndarray]
     items: list[Item]
+
+    @classmethod
+    def from_store(cls, name: str, index: pd.DataFrame, arrays: dict[str, np.ndarray], items: list[Item]) -> "SuiteData":
+        """Stored rows with the items' *current* labels and groups: a store key covers the prompt and
+        the reply, not the label, so a corrected labelled file is evaluated with its new labels."""
+        index = index.assign(label=[int(it.label) for it in items], group=[str(it.group) for it in items])
+        return cls(name, index, arrays, list(items))
 
     @property
     def y(self) -> np.ndarray:
@@ -93,3 +100,19 @@ class FidelityResult(TypedDict):
     layers: list[int]
     series: dict[str, list[float]]
     metric: str
+
+
+class HeldoutTransfer(TypedDict):
+    """results.json ``heldout[<model>/<train> -> <test>]``: train on one suite, test on another of
+    the same task, threshold on benign chat (one row per family x supervised)."""
+
+    train: str
+    test: str
+    n_test: int
+    label_counts: dict[str, int]
+    length_auroc: float
+    calibration: str | None
+    n_calibration: int
+    fpr: float
+    rows: list[dict[str, Any]]
+    layer_sweep: dict[str, Any]

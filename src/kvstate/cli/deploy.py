@@ -1,0 +1,112 @@
+"""`kvstate fit` and `kvstate score`: detector folders, fitted on a study or a suite, scoring files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import _first_line, app, console, err, fail, writable_path
+
+
+@app.command("fit")
+def fit_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="detector folder to write"),
+    study_dir: Optional[Path] = typer.Option(None, "--study", help="a finished study: fit on its stored states"),
+    suite: str = typer.Option(..., help="training suite (a name, or a labelled .jsonl/.csv/.parquet without --study)"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    representation: Optional[str] = typer.Option(None, help="stored representation, e.g. kv-elu-S/n-hn@end [the study's best]"),
+    detector: Optional[str] = typer.Option(None, help="detector name, e.g. logistic [the study's best]"),
+    family: str = typer.Option("kv-state", help="with --study and no --representation: kv-state, activation or control"),
+    unsupervised: bool = typer.Option(False, "--unsupervised", help="with --study: the family's best unsupervised row"),
+    fpr: float = typer.Option(0.01, help="false-positive rate on the calibration prompts for the threshold"),
+    calibration: Optional[str] = typer.Option("benign-chat", help="benign suite that sets the threshold ('' for none)"),
+    calibration_items: int = typer.Option(300, help="calibration prompts"),
+    layers: str = typer.Option("upper3", help="without --study: layers to capture"),
+) -> None:
+    """Fit a detector folder (safetensors + JSON) with a threshold calibrated on benign chat.
+
+    Examples:
+
+      kvstate fit --study runs/main --suite jailbreak -o detectors/jailbreak-kv
+
+      kvstate fit --suite my_train.jsonl --representation act-resid-last@end --detector logistic -o detectors/mine
+    """
+    import kvstate
+
+    from ..deploy import calibration_features, fit_from_study, fit_from_suite
+
+    if not 0 < fpr < 1:
+        fail(f"--fpr must be in (0, 1), got {fpr}")
+    if calibration_items < 2:
+        fail(f"--calibration-items must be >= 2, got {calibration_items}")
+    if study_dir is None and (representation is None or detector is None):
+        fail("without --study, pass --representation and --detector (e.g. kv-elu-S/n-hn@end and logistic)")
+    writable_path(out)
+    try:
+        lm = None
+        if study_dir is not None:
+            det = fit_from_study(study_dir, model, suite, representation=representation, detector=detector,
+                                 family=family, supervised=not unsupervised)
+        else:
+            lm = kvstate.load_model(model)
+            det = fit_from_suite(lm, suite, representation, detector, layers=layers)
+        if calibration:
+            try:
+                X, prov = calibration_features(det, None, calibration, study_dir=study_dir, limit=calibration_items)
+            except ValueError:
+                lm = lm or kvstate.load_model(model, dtype=det.dtype)
+                X, prov = calibration_features(det, lm, calibration, limit=calibration_items)
+            det.calibrate(det.decision_function(X), fpr=fpr, source=prov["suite"], provenance=prov)
+        det.save(out)
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    thr = f"threshold {det.threshold:.4g} at FPR {fpr} on {det.calibration['n']} {det.calibration['source']} prompts" \
+        if det.threshold is not None else "no threshold"
+    console.print(f"[green]wrote[/] {out}: {det.representation} | {det.training['detector']} on {det.model}, {thr}")
+
+
+@app.command("score")
+def score_cmd(
+    source: str = typer.Argument(..., help="prompts: .jsonl/.csv/.parquet (text|messages, label?), a text file, or - for stdin"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="detector folder from kvstate fit"),
+    out: Path = typer.Option(Path("scores.parquet"), "--out", "-o", help="scores (.parquet or .csv); resumable"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="[the detector's model]"),
+    batch_size: int = typer.Option(8, help="prompts per forward pass"),
+    chunk: int = typer.Option(32, help="prompts per resumable chunk"),
+) -> None:
+    """Score a file with a detector folder: a score and a flag per row; AUROC and TPR when it has labels.
+
+    Examples:
+
+      kvstate score -d detectors/jailbreak-kv requests.jsonl -o scores.parquet
+
+      cat prompts.txt | kvstate score -d detectors/jailbreak-kv - -o scores.csv
+    """
+    from rich.progress import Progress
+
+    import kvstate
+
+    from ..deploy import Detector, score_file
+
+    if batch_size < 1 or chunk < 1:
+        fail(f"--batch-size and --chunk must be >= 1 (got {batch_size} and {chunk})")
+    try:
+        det = Detector.load(detector)
+        lm = kvstate.load_model(model or det.model, dtype=det.dtype)
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("scoring", total=None)
+            summary = score_file(detector, lm, source, out, chunk=chunk, batch_size=batch_size,
+                                 progress=lambda n: bar.advance(task, n))
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    line = f"[green]scored[/] {summary['rows']} rows -> {out}"
+    if summary["chunks_reused"]:
+        line += f" ({summary['chunks_reused']} chunks reused)"
+    if "auroc" in summary:
+        line += f"; AUROC {summary['auroc']:.3f}"
+        if "tpr_at_threshold" in summary:
+            line += (f", TPR {summary['tpr_at_threshold']:.3f} at FPR {summary['fpr_at_threshold']:.3f}"
+                     f" (threshold {summary['threshold']:.4g})")
+    console.print(line)

@@ -1,0 +1,101 @@
+"""`kvstate train-monitor` and `kvstate monitor`: the KV state watched live during generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.markup import escape
+
+from .app import _first_line, app, console, fail, writable_path
+
+
+@app.command("train-monitor")
+def train_monitor(
+    study_dir: Path = typer.Option(Path("runs/study"), "--study", help="a study folder (its store is read)"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    suite: str = typer.Option(..., help="suite whose stored normal items fit the detector"),
+    representation: str = typer.Option("kv-elu-S/n-hn@end", help="a kv read-out stored by the study"),
+    detector: str = typer.Option("mahalanobis", help="unsupervised: mahalanobis, pca, knn"),
+    fpr: float = typer.Option(0.01, help="false-positive rate on normal items for the threshold"),
+    per_sequence: bool = typer.Option(False, "--per-sequence", help="threshold per reply, not per step: hold out a "
+                                      "third of the normal prompts and generate from them (loads the model)"),
+    max_new_tokens: int = typer.Option(40, help="reply length for --per-sequence calibration"),
+    out: Path = typer.Option(..., "--out", "-o", help="monitor folder to write"),
+) -> None:
+    """Fit a monitor's detector on a study's stored normal states and calibrate its threshold.
+
+    Example:
+
+      kvstate train-monitor --study runs/study --suite sysprompt -o monitors/sysprompt
+    """
+    from ..monitor import save_monitor
+    from ..study import train_monitor as fit
+
+    if not (study_dir / "store").exists():
+        fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
+    writable_path(out)
+    try:
+        spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
+                        max_new_tokens=max_new_tokens)
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    save_monitor(out, spec, det)
+    level = "per reply" if per_sequence else "per step"
+    console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
+                  f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
+
+
+@app.command()
+def monitor(
+    prompt: str = typer.Argument(..., help="the user message"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    max_new_tokens: int = typer.Option(64),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end generation when the threshold is crossed"),
+    every: int = typer.Option(1, help="score every n tokens"),
+) -> None:
+    """Generate a reply while scoring the live KV state; each token is shaded by its anomaly level.
+
+    Example:
+
+      kvstate monitor -d monitors/sysprompt --system "Only answer in French." "Tell me about Paris"
+    """
+    import kvstate
+
+    from ..monitor import Monitor, load_monitor
+
+    try:
+        spec, det = load_monitor(detector)
+        lm = kvstate.load_model(model)
+    except ValueError as e:
+        fail(str(e).splitlines()[0])
+    if spec.model and spec.model != lm.name:
+        fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
+    thr = spec.threshold
+    tok = lm.tokenizer
+
+    def show(step, token_ids, scores):
+        s = float(scores[0])
+        text = escape(tok.decode([int(token_ids[0])]))
+        if s != s:  # not scored this step
+            console.print(text, end="")
+            return
+        level = min(max(s / thr, 0.0), 2.0) if thr else 0.0
+        colour = "green" if level < 0.8 else "yellow" if level < 1.0 else "bold red"
+        console.print(f"[{colour}]{text}[/]", end="")
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    mon = Monitor(lm, spec, det, every=every, stop=stop and thr is not None, on_step=show)
+    res = mon.generate([messages], max_new_tokens=max_new_tokens)
+    console.print()
+    scores = res.scores[0]
+    if res.stopped_at[0] is not None:
+        verb = "stopped" if stop else "flagged"
+        console.print(f"[bold red]{verb} at token {res.stopped_at[0]}[/]: score {scores[res.stopped_at[0]]:.4g} > "
+                      f"threshold {thr:.4g} ({spec.representation}, calibrated at FPR {spec.fpr})")
+    else:
+        console.print(f"[green]not flagged[/]: max score {np.nanmax(scores):.4g} <= threshold {thr}")

@@ -1,0 +1,161 @@
+"""Held-out transfer (train on one suite, test on another of the same task, threshold on benign chat),
+`kvstate fit` and `kvstate score`: the same numbers as the study, choices that never see test labels,
+one-line errors for a detector used with another model or other settings."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_model
+from typer.testing import CliRunner
+
+from kvstate.cli import app
+from kvstate.deploy import Detector
+from kvstate.study import StudyConfig, run_study
+
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "act-resid-last", "ctl-length", "ctl-bow"]
+TOPICS = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
+runner = CliRunner()
+
+
+def _suite(path: Path, n: int, seed: int, word: str, scramble: bool = False, labels: bool = True) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        t = TOPICS[(i // 2) % len(TOPICS)]
+        filler = " ".join(rng.choice(TOPICS) for _ in range(rng.randint(0, 6)))
+        rows.append({"id": f"{path.stem}-{i}", "text": f"Tell me about {t}" + (f" and {word} it" if label else " in few words")
+                     + f". {filler}", "label": label, "group": f"g{i // 2}"})
+    if scramble:
+        perm = random.Random(99).sample([r["label"] for r in rows], len(rows))
+        for r, lab in zip(rows, perm):
+            r["label"] = lab
+    if not labels:
+        for r in rows:
+            del r["label"]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def _benign(path: Path, n: int = 16) -> Path:
+    rows = [{"id": f"b{i}", "text": f"Please tell me something nice about {TOPICS[i % len(TOPICS)]} number {i}.", "label": 0}
+            for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def _cfg(root: Path, test: Path) -> StudyConfig:
+    return StudyConfig(models=[str(root / "tiny-llama")], suites=[str(root / "alpha.jsonl")], limit=None, n_splits=3, n_boot=50,
+                       phis=["identity", "elu"], detectors=["mahalanobis", "logistic"], all_detectors_for=REPS, chunk=8,
+                       batch_size=4, layers="all", representations=REPS, monitor_items=0, fidelity_layers=None,
+                       transfer={"alpha": [str(test)]}, calibration_suite=str(root / "benign.jsonl"), calibration_items=16,
+                       transfer_fpr=0.1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transfer")
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(root / "tiny-llama")
+    lm.tokenizer.save_pretrained(root / "tiny-llama")
+    _suite(root / "alpha.jsonl", 24, 0, "destroy")
+    test = _suite(root / "gamma.jsonl", 16, 2, "attack")
+    _benign(root / "benign.jsonl")
+    res = run_study(_cfg(root, test), root / "run")
+    return root, res
+
+
+def test_heldout_rows_per_family_with_benign_threshold(study):
+    root, res = study
+    block = res["heldout"]["tiny-llama/alpha -> gamma"]
+    assert block["n_test"] == 16 and block["calibration"] == "benign" and block["n_calibration"] == 16
+    fams = {(r["family"], r["supervised"]) for r in block["rows"]}
+    assert {("kv-state", True), ("activation", True), ("control", True), ("kv-state", False)} <= fams
+    y = np.array([i % 2 for i in range(16)])
+    from sklearn.metrics import roc_auc_score
+
+    for r in block["rows"]:
+        s = np.array(r["test_scores"])
+        assert r["auroc"] == pytest.approx(roc_auc_score(y, s))
+        assert r["threshold"] is not None and r["tpr_at_benign_fpr"] == pytest.approx(float((s[y == 1] > r["threshold"]).mean()))
+        assert r["fpr_realised"] == pytest.approx(float((s[y == 0] > r["threshold"]).mean()))
+    assert len(block["layer_sweep"]["layers"]) == 2
+
+
+def test_scrambled_test_labels_change_no_choice(study, tmp_path):
+    root, res = study
+    scrambled = _suite(root / "gamma.jsonl", 16, 2, "attack", scramble=True)  # same prompts, other labels
+    cfg = _cfg(root, scrambled)
+    again = run_study(cfg, root / "run")  # resumes from the store: only the labels of the test suite differ
+    _suite(root / "gamma.jsonl", 16, 2, "attack")  # restore for the other tests
+    pick = lambda b: [(r["family"], r["supervised"], r["representation"], r["detector"]) for r in b["rows"]]  # noqa: E731
+    a, b = res["heldout"]["tiny-llama/alpha -> gamma"], again["heldout"]["tiny-llama/alpha -> gamma"]
+    assert pick(a) == pick(b)
+    assert [r["auroc"] for r in a["rows"]] != [r["auroc"] for r in b["rows"]]  # the test labels did change
+
+
+def test_fit_then_score_equals_the_study(study, tmp_path):
+    root, res = study
+    row = next(r for r in res["heldout"]["tiny-llama/alpha -> gamma"]["rows"] if r["family"] == "kv-state" and r["supervised"])
+    det_dir = tmp_path / "det"
+    r = runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
+                            "--representation", row["representation"], "--detector", row["detector"].rsplit("+", 1)[-1],
+                            "--calibration", "benign", "--fpr", "0.1", "-o", str(det_dir)])
+    assert r.exit_code == 0, r.output
+    det = Detector.load(det_dir)
+    assert det.threshold == pytest.approx(row["threshold"], abs=1e-9) and det.calibration["n"] == 16
+    r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl"), "-o", str(tmp_path / "s.parquet"),
+                            "-m", str(root / "tiny-llama"), "--batch-size", "4", "--chunk", "8"])
+    assert r.exit_code == 0, r.output
+    assert "AUROC" in r.output and "TPR" in r.output
+    got = pd.read_parquet(tmp_path / "s.parquet")
+    np.testing.assert_allclose(got["score"].to_numpy(), row["test_scores"], atol=1e-6, rtol=0)
+    assert (got["flag"].to_numpy() == (got["score"].to_numpy() > det.threshold)).all()
+
+
+def test_unlabelled_file_gives_scores_only_and_scoring_resumes(study, tmp_path):
+    root, res = study
+    det_dir = tmp_path / "det"
+    assert runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
+                               "--calibration", "", "-o", str(det_dir)]).exit_code == 0
+    plain = _suite(tmp_path / "plain.jsonl", 16, 2, "attack", labels=False)
+    from kvstate.deploy import score_file
+    from kvstate.models import load_model
+
+    lm = load_model(root / "tiny-llama")
+    calls = []
+
+    def boom(n):
+        calls.append(n)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed after the first chunk was written
+
+    with pytest.raises(KeyboardInterrupt):
+        score_file(det_dir, lm, plain, tmp_path / "p.csv", chunk=8, batch_size=4, progress=boom)
+    summary = score_file(det_dir, lm, plain, tmp_path / "p.csv", chunk=8, batch_size=4)
+    assert summary["chunks_reused"] == 1 and summary["chunks_computed"] == 1 and "auroc" not in summary
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert list(df.columns) == ["row", "id", "score", "flag"] and len(df) == 16
+
+
+def test_detector_with_another_model_or_settings_is_a_one_line_error(study, tmp_path):
+    root, res = study
+    det_dir = tmp_path / "det"
+    assert runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
+                               "--calibration", "", "-o", str(det_dir)]).exit_code == 0
+    other = tiny_model("qwen2")
+    other.model.save_pretrained(tmp_path / "tiny-qwen")
+    other.tokenizer.save_pretrained(tmp_path / "tiny-qwen")
+    r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl"), "-o", str(tmp_path / "s.parquet"),
+                            "-m", str(tmp_path / "tiny-qwen")])
+    assert r.exit_code == 2 and "tiny-llama" in r.output and "tiny-qwen" in r.output and len(r.output.strip().splitlines()) == 1
+    det = Detector.load(det_dir)
+    with pytest.raises(ValueError, match="phis: detector .* given"):
+        det.check_settings({**det.settings, "phis": ["identity"]})
+    (det_dir / "estimator.safetensors").write_bytes(b"truncated")
+    r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl")])
+    assert r.exit_code == 2 and "estimator.safetensors" in r.output
