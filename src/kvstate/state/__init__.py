@@ -24,5 +24,5 @@ from .phi import PHI_NAMES, FeatureMap, get_phi, register_phi
 from .result import KVState
 
 __all__ = ["PHI_NAMES", "READOUTS", "FeatureMap", "KVState", "RecurrentState", "StateRecorder", "causal_linear_attention",
-           "compress_state", "compression_matrices", "decay_weights", "extract", "get_phi", "key_name", "linear_attention", "parallel_state", "readout", "recurrent_state",
-           "register_phi"]
+           "compress_state", "compression_matrices", "decay_weights", "extract", "get_phi", "key_name",
+           "linear_attention", "parallel_state", "readout", "recurrent_state", "register_phi"]
