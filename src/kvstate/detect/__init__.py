@@ -25,6 +25,7 @@ from .lof import LOFDetector
 from .logistic import LogisticDetector
 from .mahalanobis import MahalanobisDetector
 from .pca import PCADetector
+from .query_probe import QueryProbe, pack_states, probe_scores
 from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_detector, make_reducer, reduce_if_wide
 from .registry import DETECTORS, get_detector, is_supervised
 from .repe_pca import RepEPCADetector
@@ -42,6 +43,7 @@ __all__ = [
     "PCAReduce",
     "RandomProjection",
     "PCADetector",
+    "QueryProbe",
     "RepEPCADetector",
     "detector_from_dict",
     "detector_pipeline",
@@ -51,6 +53,8 @@ __all__ = [
     "load_detector",
     "make_detector",
     "make_reducer",
+    "pack_states",
+    "probe_scores",
     "reduce_if_wide",
     "save_detector",
     "threshold_for_fpr",

@@ -1,10 +1,12 @@
 """Representations: every view of a prompt the study compares, recorded in one forward pass.
 
 ``names`` (typed names), ``settings`` (what a store hashes; the feature maps it names),
-``projection`` (seeded sketches and random projections), ``recorder`` (the one-pass recorder) and
+``projection`` (seeded sketches and random projections), ``centering`` (states centred by benign
+reference states, per head), ``recorder`` (the one-pass recorder) and
 ``readout`` (the same kv read-outs rebuilt from a running state, for the monitor).
 """
 
+from .centering import StateCentering
 from .names import FAMILIES, KV_KINDS, RepName, family, parse_kv_name
 from .projection import PROJECTIONS, Reducer, sketch
 from .readout import headnorm, kv_features
@@ -12,5 +14,5 @@ from .recorder import Captured, RepresentationRecorder, capture_representations
 from .settings import POSITIVE_PHI, RepresentationSettings
 
 __all__ = ["FAMILIES", "KV_KINDS", "POSITIVE_PHI", "PROJECTIONS", "Captured", "Reducer", "RepName",
-           "RepresentationRecorder", "RepresentationSettings", "capture_representations", "family", "headnorm",
+           "RepresentationRecorder", "RepresentationSettings", "StateCentering", "capture_representations", "family", "headnorm",
            "kv_features", "parse_kv_name", "sketch"]

@@ -8,7 +8,9 @@ Names are stable (``family/name@read``) and every vector is float32. Families:
   (``-pre`` keys before RoPE, ``-content`` template and first token dropped, ``-hn`` per-head
   normalisation); and the KV-cache variants: attention-weighted (``attnw``), heavy-hitter pruned
   (``h2o``: only the top-k tokens by received attention) and hierarchical (``hier``: per-segment
-  states plus their sum).
+  states plus their sum). Off by default (:class:`RepresentationSettings` ``decays``, ``compress``,
+  ``deltas``), for the ablation phis: decayed states (``S/n-decay<gamma>``), the structured
+  compression A (S/n) B^T (``ASB/n``) and the reply's own state (``dS/n``, read at the end only).
 - ``act``: residual stream at the read token and mean over tokens (RepE), per-head attention outputs
   before o_proj at the read token (ITI), LLM-Check attention and hidden-state scores, perplexity and
   mean token entropy.
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, run
-from ..state import get_phi, parallel_state
+from ..state import compression_matrices, decay_weights, get_phi, parallel_state
 from .names import RepName
 from .projection import Reducer, sketch
 from .readout import headnorm
@@ -116,6 +118,7 @@ class RepresentationRecorder(Recorder):
             if key not in self.s.ablation_phis:
                 continue
             self._add(f"kv-{key}-S/n-hn", headnorm(Sv / nn_))
+            self._readouts_16(key, phi, k_post, v, w, S, cnt, d)
             wc = self._w_content.to(w.device)
             nc = wc.sum(-1).clamp_min(1.0)[..., None, None, None]
             variants = [("content", k_post, wc, nc)]
@@ -125,6 +128,28 @@ class RepresentationRecorder(Recorder):
                 self._add(f"kv-{key}-S/n-{suffix}", self._view(parallel_state(kk, v, phi, ww)[0], d) / norm)
         self._cache_variants(call, k_post, v, w)
         self._activations(call, w)
+
+    def _readouts_16(self, key: str, phi, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, S: torch.Tensor,
+                     cnt: torch.Tensor, d: int) -> None:
+        """Decayed states, structured compression and the reply's own state (issue #16), when enabled."""
+        B, R = w.shape[:2]
+        if self.s.decays:
+            G = len(self.s.decays)
+            Sg, _, ng = parallel_state(k, v, phi, decay_weights(w, self.s.decays).flatten(1, 2))
+            Sg = Sg.reshape(B, R, G, *Sg.shape[2:])
+            ng = ng.reshape(B, R, G).clamp_min(1e-8)[..., None, None, None]
+            for i, g in enumerate(self.s.decays):
+                self._add(f"kv-{key}-S/n-decay{float(g):g}", self._view(Sg[:, :, i] / ng[:, :, i], d))
+        if self.s.compress:
+            a, bb = self.s.compress
+            A, Bm = compression_matrices(k.shape[1], S.shape[-2], S.shape[-1], a, bb, self.s.seed, device=k.device)
+            Sc, _, _ = parallel_state(k, v, phi, w, project=(A, Bm))
+            self._add(f"kv-{key}-ASB/n", Sc / cnt.clamp_min(1.0)[..., None, None, None])
+        reads = self.batch.reads
+        if self.s.deltas and "prompt_end" in reads and reads[-1] == "end":
+            p, e = reads.index("prompt_end"), len(reads) - 1
+            dn = (cnt[:, e] - cnt[:, p]).clamp_min(1.0)[:, None, None, None]
+            self._add(f"kv-{key}-dS/n", self._view((S[:, e] - S[:, p]) / dn, d)[:, None])
 
     def _cache_variants(self, call: AttentionCall, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> None:
         """Attention-weighted, heavy-hitter-pruned and hierarchical states (elu+1 features)."""

@@ -34,6 +34,18 @@ class RepresentationSettings:
     seed : int, default=0
         Seed of the sketches and projections.
     projection : {"gaussian", "sparse"}, default="gaussian"
+    decays : tuple of float, default=()
+        Also record decayed states ``kv-<phi>-S/n-decay<gamma>`` (gamma in (0, 1], counted in
+        selected tokens, see :func:`kvstate.state.parallel_state`) for the ``ablation_phis``.
+    compress : tuple of int (a, b) or (), default=()
+        Also record ``kv-<phi>-ASB/n``: A (S/n) B^T with seeded per-head A (a x d_phi), B (b x d_v)
+        (:func:`kvstate.state.compression_matrices`, seed ``seed``) for the ``ablation_phis``.
+    deltas : bool, default=False
+        Also record ``kv-<phi>-dS/n@end``: the mean outer product of the reply tokens alone,
+        (S(end) - S(prompt_end)) / (n(end) - n(prompt_end)), when both read points are recorded.
+
+    The last three were added later and are left out of :meth:`to_dict` at their defaults (off), so
+    the settings hash of existing stores does not change.
     """
 
     layers: tuple[int, ...] = ()
@@ -47,14 +59,26 @@ class RepresentationSettings:
     max_dim: int = 2048
     seed: int = 0
     projection: Projection = "gaussian"
+    decays: tuple[float, ...] = ()
+    compress: tuple[int, ...] = ()
+    deltas: bool = False
 
     def __post_init__(self):
         check_option("projection", self.projection, Projection)
+        for g in self.decays:
+            if not 0.0 < float(g) <= 1.0:
+                raise ValueError(f"decays must be in (0, 1] (1 = no decay); got {g}")
+        if self.compress and (len(self.compress) != 2 or min(self.compress) < 1):
+            raise ValueError(f"compress must be (a, b) with positive sizes, or () for off; got {self.compress}")
+
+    #: fields added later, left out of to_dict at these defaults so older stores keep their hash
+    _LATER = {"projection": "gaussian", "decays": (), "compress": (), "deltas": False}
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["projection"] == "gaussian":  # added later: left out at its default so older stores stay valid
-            del d["projection"]
+        for key, default in self._LATER.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod

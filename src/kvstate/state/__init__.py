@@ -7,11 +7,22 @@ attention) and ``plan`` (state sizes on paper).
 """
 
 from . import learned  # noqa: F401  (registers the "learned" feature map with get_phi)
-from .core import READOUTS, RecurrentState, causal_linear_attention, linear_attention, parallel_state, readout, recurrent_state
+from .core import (
+    READOUTS,
+    RecurrentState,
+    causal_linear_attention,
+    compress_state,
+    compression_matrices,
+    decay_weights,
+    linear_attention,
+    parallel_state,
+    readout,
+    recurrent_state,
+)
 from .extract import StateRecorder, extract, key_name
 from .phi import PHI_NAMES, FeatureMap, get_phi, register_phi
 from .result import KVState
 
 __all__ = ["PHI_NAMES", "READOUTS", "FeatureMap", "KVState", "RecurrentState", "StateRecorder", "causal_linear_attention",
-           "extract", "get_phi", "key_name", "linear_attention", "parallel_state", "readout", "recurrent_state",
-           "register_phi"]
+           "compress_state", "compression_matrices", "decay_weights", "extract", "get_phi", "key_name",
+           "linear_attention", "parallel_state", "readout", "recurrent_state", "register_phi"]

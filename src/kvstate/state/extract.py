@@ -28,8 +28,9 @@ def key_name(phi: FeatureMap) -> str:
 class StateRecorder(Recorder):
     """Reduce each selected layer's new K, V to (S, z, n) per read point, for several phi at once."""
 
-    def __init__(self, layers: Sequence[int], phis: Sequence[FeatureMap], rope: str = "post", window: str = "full"):
-        self.layers, self.phis, self.rope, self.window = list(layers), list(phis), rope, window
+    def __init__(self, layers: Sequence[int], phis: Sequence[FeatureMap], rope: str = "post", window: str = "full",
+                 gamma: float | None = None):
+        self.layers, self.phis, self.rope, self.window, self.gamma = list(layers), list(phis), rope, window, gamma
         self.out: dict[str, list] = {key_name(p): [] for p in self.phis}
 
     def begin(self, batch: Batch) -> None:
@@ -46,7 +47,7 @@ class StateRecorder(Recorder):
             w = w * (pos[None, None, :] > self.batch.ends.to(w.device)[..., None] - call.sliding_window)
         for phi in self.phis:
             phi_l = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
-            S, z, n = parallel_state(k, v, phi_l, w)
+            S, z, n = parallel_state(k, v, phi_l, w, self.gamma)
             self._cur[key_name(phi)][call.layer] = (S.cpu(), z.cpu(), n.cpu())
 
     def end(self, outputs: Any) -> None:
@@ -75,6 +76,7 @@ def extract(
     batch_size: int = 8,
     padding_side: str | None = None,
     progress: bool | None = None,
+    gamma: float | None = None,
 ) -> KVState | dict[str, KVState]:
     """Linear-attention states of ``prompts`` for the selected layers, per KV head.
 
@@ -90,6 +92,9 @@ def extract(
             ``span="content", skip_first=1`` drops template tokens and the attention sink.
         reads: read points, ``"prompt_end"`` and/or ``"end"``; default ``["end"]``, or both when a
             prompt has a response.
+        gamma: decay in (0, 1] (default None: none): token i enters with gamma^(m_i), m_i the selected
+            tokens after it up to the read point (padding and unselected tokens do not count), as in
+            :func:`kvstate.state.parallel_state`; recorded in ``meta["gamma"]``.
     """
     check_supported(lm.model)
     check_option("rope", rope, Rope)
@@ -105,7 +110,7 @@ def extract(
         reads = ["prompt_end", "end"] if any(e.prompt_len < len(e) for e in encoded) else ["end"]
     for r in reads:
         check_option("read point", r, Read)
-    rec = StateRecorder(layer_list, phis, rope, window)
+    rec = StateRecorder(layer_list, phis, rope, window, gamma)
     order = run(lm, encoded, [rec], reads=reads, span=span, skip_first=skip_first, batch_size=batch_size,
                 padding_side=padding_side, progress=progress)
     inverse = torch.argsort(torch.tensor(order))
@@ -114,6 +119,8 @@ def extract(
         "skip_first": skip_first, "chat": chat, "n_tokens": [len(e) for e in encoded],
         "prompt_tokens": [e.prompt_len for e in encoded],
     }
+    if gamma is not None:
+        meta["gamma"] = float(gamma)
     ids = [getattr(p, "id", None) or (p.get("id") if isinstance(p, dict) else None) for p in
            (prompts if isinstance(prompts, Sequence) and not isinstance(prompts, (str, dict)) else [prompts])]
     if any(i is not None for i in ids):

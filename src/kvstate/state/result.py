@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .core import linear_attention, readout
+from .core import compress_state, compression_matrices, linear_attention, readout
 from .phi import get_phi
 
 FORMAT = "kvstate.KVState/1"
@@ -84,11 +84,41 @@ class KVState:
 
     def attend(self, q: torch.Tensor, read: str | int | None = None, layer: int | None = None) -> torch.Tensor:
         """Linear-attention output of queries q (N, H_q, t, d) against one layer's state."""
+        if "compress" in self.meta:
+            raise ValueError("attend needs the uncompressed state; call it before KVState.compress")
         r = self._read_index(read)
         li = self._layer_index([layer if layer is not None else self.layers[-1]])[0]
         S, z = self.S[:, r, li], self.z[:, r, li]
         rep = q.shape[1] // S.shape[1]
         return linear_attention(q, S.repeat_interleave(rep, 1), z.repeat_interleave(rep, 1), get_phi(self.phi))
+
+    def delta(self, start: str = "prompt_end", stop: str = "end") -> "KVState":
+        """The state of the tokens between two read points: S(stop) - S(start), one read ``"delta"``.
+
+        With the default reads this is the state of the reply tokens alone (what the reply added);
+        ``readout("S/n", "delta")`` is their mean outer product. With a decay (``meta["gamma"]``)
+        the difference is no longer the reply's own decayed state (the prompt's part decays too), so
+        it is refused.
+        """
+        if self.meta.get("gamma") not in (None, 1.0):
+            raise ValueError("delta of decayed states is not the reply's state; extract without gamma for deltas")
+        a, b = self._read_index(start), self._read_index(stop)
+        meta = {**self.meta, "delta": [self.reads[a], self.reads[b]]}
+        return KVState((self.S[:, b] - self.S[:, a])[:, None], (self.z[:, b] - self.z[:, a])[:, None],
+                       (self.n[:, b] - self.n[:, a])[:, None], list(self.layers), ["delta"], dict(self.phi), meta)
+
+    def compress(self, a: int, b: int, seed: int = 0) -> "KVState":
+        """A S B^T (N, R, L, H, a, b) and A z with seeded per-head A (a x d_phi), B (b x d_v).
+
+        Identical to compressing in the forward pass (the map is linear), see
+        :func:`kvstate.state.compression_matrices`; ``meta["compress"]`` records (a, b, seed), and
+        :meth:`attend` is refused on the result (queries live in the uncompressed space).
+        """
+        H, f, e = self.S.shape[3:]
+        A, B = compression_matrices(H, f, e, a, b, seed)
+        S, z = compress_state(self.S, self.z, A, B)
+        return KVState(S, z, self.n.clone(), list(self.layers), list(self.reads), dict(self.phi),
+                       {**self.meta, "compress": [a, b, seed]})
 
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file; metadata as JSON in its header. Written atomically."""

@@ -1,0 +1,101 @@
+"""Issue #16 read-outs in the one-pass recorder and the reference-centring transformer."""
+
+import numpy as np
+import pytest
+from conftest import PROMPTS, tiny_model
+from sklearn.base import clone
+
+import kvstate
+from kvstate.representations import RepresentationSettings, StateCentering, capture_representations
+
+ON = RepresentationSettings(layers=(0, 1), phis=("identity", "elu"), sweep=False, max_dim=8192,
+                            decays=(1.0, 0.9), compress=(4, 3), deltas=True)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def captured(request):
+    lm = tiny_model(request.param)
+    return lm, capture_representations(lm, PROMPTS, ON, batch_size=3), capture_representations(lm, PROMPTS, ON, batch_size=1)
+
+
+def stack(c, name):
+    return np.stack([r[name] for r in c.rows])
+
+
+def test_new_names_match_extract(captured):
+    lm, c, _ = captured
+    names = set(c.rows[0])
+    for n in ["kv-elu-S/n-decay0.9@end", "kv-elu-S/n-decay1@prompt_end", "kv-elu-ASB/n@end", "kv-elu-dS/n@end",
+              "kv-identity-dS/n@end"]:
+        assert n in names, n
+    assert "kv-elu-dS/n@prompt_end" not in names
+    np.testing.assert_allclose(stack(c, "kv-elu-S/n-decay1@end"), stack(c, "kv-elu-S/n@end"), rtol=1e-5, atol=1e-6)
+    st = kvstate.extract(lm, PROMPTS, layers=[0, 1], phi="elu", reads=["prompt_end", "end"])
+    dec = kvstate.extract(lm, PROMPTS, layers=[0, 1], phi="elu", reads=["prompt_end", "end"], gamma=0.9)
+    np.testing.assert_allclose(stack(c, "kv-elu-S/n-decay0.9@end"), dec.features("S/n", "end"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stack(c, "kv-elu-ASB/n@end"), st.compress(4, 3, seed=ON.seed).features("S/n", "end"),
+                               rtol=1e-4, atol=1e-5)
+    delta = st.delta()
+    ref = delta.features("S/n", "delta")
+    ref[delta.n[:, 0, 0].numpy() == 0] = 0  # no reply: the recorder stores zeros
+    np.testing.assert_allclose(stack(c, "kv-elu-dS/n@end"), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_new_names_batched_equals_unbatched(captured):
+    _, batched, single = captured
+    for a, b in zip(batched.rows, single.rows):
+        for name in a:
+            if "decay" in name or "ASB" in name or "dS" in name:
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_options_are_off_by_default_and_keep_the_settings_hash():
+    d = RepresentationSettings().to_dict()
+    assert not {"decays", "compress", "deltas", "projection"} & set(d)
+    on = ON.to_dict()
+    assert on["decays"] == (1.0, 0.9) and on["compress"] == (4, 3) and on["deltas"] is True
+    assert RepresentationSettings.from_dict({**on, "decays": [1.0, 0.9], "compress": [4, 3]}) == ON
+    with pytest.raises(ValueError, match="decays must be in"):
+        RepresentationSettings(decays=(2.0,))
+    with pytest.raises(ValueError, match="compress must be"):
+        RepresentationSettings(compress=(4,))
+
+
+def test_default_recording_has_none_of_the_new_names():
+    lm = tiny_model("llama")
+    c = capture_representations(lm, PROMPTS[1:2], RepresentationSettings(layers=(1,), phis=("elu",), sweep=False))
+    assert not [n for n in c.rows[0] if "decay" in n or "ASB" in n or "dS/" in n]
+
+
+# ------------------------------------------------------------------ centring
+
+
+def test_centering_per_head_mean_and_scale():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 2, 3, 4, 4)) * np.arange(1, 7).reshape(1, 2, 3, 1, 1) + 5.0
+    c = StateCentering(scale="head").fit(ref)
+    out = c.transform(ref)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
+    # each head's centred states have RMS norm 1 on the reference
+    np.testing.assert_allclose(np.sqrt((out.reshape(40, 6, -1) ** 2).sum(-1).mean(0)), 1.0, rtol=1e-5)
+    # flat rows with n_heads give the same numbers
+    flat = StateCentering(n_heads=6, scale="head").fit(ref.reshape(40, -1)).transform(ref.reshape(40, -1))
+    np.testing.assert_allclose(flat, out.reshape(40, -1), rtol=1e-5, atol=1e-6)
+    plain = StateCentering().fit(ref).transform(ref[:3])
+    np.testing.assert_allclose(plain, (ref[:3] - ref.mean(0)).astype(np.float32), rtol=1e-5, atol=1e-5)
+    assert clone(c).get_params() == c.get_params()
+
+
+def test_centering_on_real_states_and_errors():
+    lm = tiny_model("qwen2")
+    st = kvstate.extract(lm, PROMPTS, phi="elu", reads=["end"])
+    S = st.readout("S/n").numpy()
+    c = StateCentering().fit(S[:2])
+    np.testing.assert_allclose(c.transform(S[2:]), S[2:] - S[:2].mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        c.transform(S[:, :1])
+    with pytest.raises(ValueError, match="n_heads"):
+        StateCentering().fit(S.reshape(3, -1))
+    with pytest.raises(ValueError, match="equal blocks"):
+        StateCentering(n_heads=7).fit(S.reshape(3, -1))
