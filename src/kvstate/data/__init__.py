@@ -7,11 +7,13 @@ and what could not be obtained offline.
 
 from .checkers import (answer_match, is_one_word, is_valid_json, language_is_french, mentions,
                        refusal, reveals_secret, rule_violated)
+from .confounds import bow_auroc, confounds
+from .own import own_replies
 from .registry import SUITES, list_suites, load_suite
 from .schema import Item, Suite
 
 __all__ = [
     "Item", "Suite", "SUITES", "list_suites", "load_suite", "refusal", "answer_match",
     "language_is_french", "mentions", "is_one_word", "is_valid_json", "reveals_secret",
-    "rule_violated",
+    "rule_violated", "bow_auroc", "confounds", "own_replies",
 ]
