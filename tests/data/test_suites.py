@@ -24,7 +24,8 @@ def _check(name):
     if labels == {-1}:
         assert full.generation, "unlabelled suites need a checker"
     if full.generation:
-        assert full.generation["checker"] in {"refusal", "answer_match", "rule"}
+        assert full.generation["checker"] in {"refusal", "answer_match", "rule", "truthful",
+                                               "pressure"}
     for it in full.items:
         assert it.messages and all(m["role"] in ("system", "user", "assistant")
                                    and isinstance(m["content"], str) and m["content"]

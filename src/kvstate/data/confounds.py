@@ -102,7 +102,7 @@ def bow_auroc(suite: Suite, view: str = "prompt", *, seed: int = 0, folds: int =
         if len(set(y[train].tolist())) < 2:
             score[test] = 0.5
             continue
-        clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
+        clf = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             clf.fit(x[train], y[train])
