@@ -31,6 +31,25 @@ def test_show_error_is_one_line(tmp_path):
 
 
 def test_list():
-    res = runner.invoke(data_app, ["list", "--no-build"])
+    res = runner.invoke(data_app, ["list", "--no-build", "--no-stats"])
     assert res.exit_code == 0, res.output
     assert "jailbreak" in res.output and "sysprompt" in res.output
+
+
+def test_show_prints_confound_baselines():
+    res = runner.invoke(data_app, ["show", "jailbreak-pairs", "--n", "1", "--limit", "60"])
+    assert res.exit_code == 0, res.output
+    assert "BoW AUROC prompt" in res.output and "length AUROC" in res.output
+    assert "form" in res.output
+
+
+def test_list_has_stats_columns(monkeypatch):
+    import kvstate.data.cli as cli
+    from kvstate.data import load_suite
+
+    load_suite("jailbreak-pairs")  # built and cached
+    rows = [r for r in cli.list_suites(build=False) if r["name"] == "jailbreak-pairs"]
+    monkeypatch.setattr(cli, "list_suites", lambda build: rows)
+    res = runner.invoke(data_app, ["list", "--no-build"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "bow" in res.output and "bal" in res.output and "confounded" in res.output

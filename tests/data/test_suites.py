@@ -20,11 +20,12 @@ def _check(name):
     ids = [it.id for it in full.items]
     assert len(set(ids)) == len(ids)
     labels = set(full.label_counts())
-    assert labels in ({0, 1}, {-1})
+    assert labels in ({0, 1}, {-1}) or (name == "benign-chat" and labels == {0})  # calibration: benign only
     if labels == {-1}:
         assert full.generation, "unlabelled suites need a checker"
     if full.generation:
-        assert full.generation["checker"] in {"refusal", "answer_match", "rule"}
+        assert full.generation["checker"] in {"refusal", "answer_match", "rule", "truthful",
+                                               "pressure", "none"}
     for it in full.items:
         assert it.messages and all(m["role"] in ("system", "user", "assistant")
                                    and isinstance(m["content"], str) and m["content"]
@@ -132,3 +133,14 @@ def test_list_suites():
 def test_unknown_suite():
     with pytest.raises(ValueError, match="unknown suite"):
         load_suite("no-such-suite")
+
+
+def test_benign_chat_is_benign_varied_and_shares_no_prompt_with_the_task_suites():
+    s = load_suite("benign-chat")
+    assert set(s.label_counts()) == {0} and s.generation == {"checker": "none"} and len(s) > 1000
+    assert len({it.source for it in s.items}) >= 10  # many datasets, not one
+    forms = {it.messages[-1]["content"].split(" ")[0] for it in s.items}
+    assert {"Explain", "Write", "Summarise", "Continue"} <= forms  # imperatives, not only questions
+    texts = {it.messages[-1]["content"] for it in s.items}
+    for other in ("jailbreak", "truefalse", "commonsenseqa"):
+        assert not texts & {m["content"] for it in load_suite(other).items for m in it.messages}

@@ -5,21 +5,14 @@ load your own .jsonl/.csv/.parquet file). See ``README.md`` in this folder for s
 and what could not be obtained offline.
 """
 
-from .checkers import (
-                       answer_match,
-                       is_one_word,
-                       is_valid_json,
-                       language_is_french,
-                       mentions,
-                       refusal,
-                       reveals_secret,
-                       rule_violated,
-)
+from .checkers import answer_match, is_one_word, is_valid_json, language_is_french, mentions, refusal, reveals_secret, rule_violated
+from .confounds import bow_auroc, confounds
+from .own import own_replies
 from .registry import SUITES, list_suites, load_suite
 from .schema import Item, Suite
 
 __all__ = [
     "Item", "Suite", "SUITES", "list_suites", "load_suite", "refusal", "answer_match",
     "language_is_french", "mentions", "is_one_word", "is_valid_json", "reveals_secret",
-    "rule_violated",
+    "rule_violated", "bow_auroc", "confounds", "own_replies",
 ]

@@ -6,12 +6,15 @@ escaped and truncated.
 
 from __future__ import annotations
 
+import json
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .registry import list_suites, load_suite
+from .confounds import confounds
+from .registry import _cached, list_suites, load_suite, suite_path
 
 data_app = typer.Typer(help="Labelled prompt suites.", no_args_is_help=True)
 MAX_CHARS = 400
@@ -22,21 +25,58 @@ def _clip(text: str, n: int = MAX_CHARS) -> str:
     return escape(text if len(text) <= n else text[: n - 1] + "…")
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x:.2f}"
+
+
+def _stats_cells(stats: dict) -> list[str]:
+    flag = {True: "[red]confounded[/red]", False: "", None: "needs replies"}[stats["confounded"]]
+    return [_num(stats["balance"]), _num(stats["length_auroc"]), _num(stats["bow_prompt"]),
+            _num(stats["bow_prompt_reply"]), flag]
+
+
+def _cached_stats(name: str, seed: int) -> dict:
+    """confounds() of a built suite, cached beside its parquet (the jailbreak fits take a while)."""
+    path = suite_path(name).with_suffix(f".stats-s{seed}.json")
+    if path.exists() and path.stat().st_mtime >= suite_path(name).stat().st_mtime:
+        return json.loads(path.read_text())
+    stats = confounds(_cached(name), seed=seed)
+    path.write_text(json.dumps({**stats, "labels": {str(k): v for k, v in stats["labels"].items()}}))
+    return stats
+
+
 @data_app.command("list")
 def list_cmd(build: bool = typer.Option(True, help="Build suites not yet cached (first run "
-                                                   "downloads archives).")) -> None:
-    """Table of suites: size, label counts, source packages."""
+                                                   "downloads archives)."),
+             stats: bool = typer.Option(True, help="Balance, length AUROC and BoW AUROCs "
+                                                   "(prompt; prompt + reply) per suite."),
+             seed: int = typer.Option(0, help="Seed of the BoW cross-validation folds.")) -> None:
+    """Table of suites: size, labels, balance, length and BoW AUROCs, confound flag, sources.
+
+    balance = share of label 1; BoW = grouped 5-fold logistic regression on hashed word 1-2-grams
+    (kvstate.data.bow_auroc); a prompt-only BoW AUROC > 0.8 marks the suite confounded.
+    Generation suites have no labels until replies are judged, so they show "needs replies".
+    """
     table = Table()
     table.add_column("suite", no_wrap=True)
     table.add_column("n", justify="right")
-    for col in ("labels", "sources", "description"):
+    table.add_column("labels")
+    if stats:
+        for col in ("bal", "len", "bow", "bow+r", "flag"):
+            table.add_column(col, justify="right")
+    for col in ("sources", "description"):
         table.add_column(col)
     for row in list_suites(build=build):
         labels = row["labels"]
         lab = ", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else escape(
             row.get("error", "not built"))
-        table.add_row(escape(row["name"]), "" if row["n"] is None else str(row["n"]), lab,
-                      escape(", ".join(row["sources"])), escape(row["description"]))
+        cells = [escape(row["name"]), "" if row["n"] is None else str(row["n"]), lab]
+        if stats:
+            st = None
+            if labels and suite_path(row["name"]).exists():
+                st = _cached_stats(row["name"], seed)
+            cells += _stats_cells(st) if st else [""] * 5
+        table.add_row(*cells, escape(", ".join(row["sources"])), escape(row["description"]))
     Console().print(table)
 
 
@@ -55,6 +95,10 @@ def show_cmd(suite: str = typer.Argument(..., help="Suite name or .jsonl/.csv/.p
     console.print(f"[bold]{escape(s.name)}[/bold]: {len(s)} items, labels {s.label_counts()}, "
                   f"train {len(s.split('train'))} / test {len(s.split('test'))}")
     console.print(escape(s.description))
+    st = confounds(s, seed=seed)
+    bal, ln, bp, br, flag = _stats_cells(st)
+    console.print(f"balance (share of 1) {bal}, length AUROC {ln}, BoW AUROC prompt {bp}, "
+                  f"prompt + reply {br}, form {_num(st['bow_form'])} {flag}")
     if s.generation:
         console.print(f"generation: {escape(str(s.generation))}")
     for it in s.items[:n]:

