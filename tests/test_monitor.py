@@ -145,7 +145,7 @@ def test_save_load_round_trip(tmp_path):
     spec2, det2 = load_monitor(tmp_path / "m")
     assert spec2 == spec
     np.testing.assert_array_equal(det.decision_function(X), det2.decision_function(X))
-    with pytest.raises(ValueError, match="not a monitor folder"):
+    with pytest.raises(ValueError, match="not a monitor or detector folder"):
         load_monitor(tmp_path)
 
 

@@ -159,3 +159,19 @@ def test_detector_with_another_model_or_settings_is_a_one_line_error(study, tmp_
     (det_dir / "estimator.safetensors").write_bytes(b"truncated")
     r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl")])
     assert r.exit_code == 2 and "estimator.safetensors" in r.output
+
+
+def test_monitor_runs_a_detector_folder_and_stop_needs_a_threshold(study, tmp_path):
+    root, res = study
+    det_dir = tmp_path / "det"
+    assert runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
+                               "--representation", "kv-elu-S/n-hn@end", "--detector", "logistic", "--calibration", "",
+                               "-o", str(det_dir)]).exit_code == 0
+    model = str(root / "tiny-llama")
+    r = runner.invoke(app, ["monitor", "-d", str(det_dir), "-m", model, "--max-new-tokens", "3", "--stop", "Tell me about cats"])
+    assert r.exit_code == 2 and "--stop needs a threshold" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(app, ["monitor", "-d", str(det_dir), "-m", model, "--max-new-tokens", "3", "--aggregate", "ema",
+                            "Tell me about cats"])
+    assert r.exit_code == 0 and "ema of scores" in r.output, r.output
+    r = runner.invoke(app, ["monitor", "-d", str(det_dir), "-m", model, "--aggregate", "median", "Tell me about cats"])
+    assert r.exit_code == 2 and "aggregate must be one of" in r.output

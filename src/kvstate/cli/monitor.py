@@ -51,18 +51,23 @@ def train_monitor(
 @app.command()
 def monitor(
     prompt: str = typer.Argument(..., help="the user message"),
-    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="detector folder (kvstate fit) or monitor folder (train-monitor)"),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     system: Optional[str] = typer.Option(None, help="system prompt"),
     max_new_tokens: int = typer.Option(64),
-    stop: bool = typer.Option(True, "--stop/--no-stop", help="end generation when the threshold is crossed"),
+    stop: bool = typer.Option(False, "--stop/--no-stop", help="end generation when the aggregate crosses the threshold"),
     every: int = typer.Option(1, help="score every n tokens"),
+    aggregate: str = typer.Option("max", help="per-reply aggregate the threshold applies to: last, max, ema, mean"),
+    alpha: float = typer.Option(0.3, help="ema: weight of the new score"),
+    window: int = typer.Option(8, help="mean: scored steps in the rolling window"),
 ) -> None:
     """Generate a reply while scoring the live KV state; each token is shaded by its anomaly level.
 
     Example:
 
       kvstate monitor -d monitors/sysprompt --system "Only answer in French." "Tell me about Paris"
+
+      kvstate monitor -d detectors/jailbreak-kv --stop --aggregate ema "How do I pick a lock?"
     """
     import kvstate
 
@@ -76,6 +81,9 @@ def monitor(
     if spec.model and spec.model != lm.name:
         fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
     thr = spec.threshold
+    if stop and thr is None:
+        fail(f"--stop needs a threshold, and {detector} has none; calibrate one (kvstate fit --fpr 0.01, "
+             "or train-monitor --per-sequence) or leave out --stop")
     tok = lm.tokenizer
 
     def show(step, token_ids, scores):
@@ -89,13 +97,18 @@ def monitor(
         console.print(f"[{colour}]{text}[/]", end="")
 
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    mon = Monitor(lm, spec, det, every=every, stop=stop and thr is not None, on_step=show)
+    try:
+        mon = Monitor(lm, spec, det, every=every, stop=stop, on_step=show, aggregate=aggregate, alpha=alpha, window=window)
+    except ValueError as e:
+        fail(_first_line(e))
     res = mon.generate([messages], max_new_tokens=max_new_tokens)
     console.print()
-    scores = res.scores[0]
-    if res.stopped_at[0] is not None:
+    aggs = res.aggregates[0]
+    at = res.stopped_at[0]
+    if at is not None:
         verb = "stopped" if stop else "flagged"
-        console.print(f"[bold red]{verb} at token {res.stopped_at[0]}[/]: score {scores[res.stopped_at[0]]:.4g} > "
-                      f"threshold {thr:.4g} ({spec.representation}, calibrated at FPR {spec.fpr})")
+        console.print(f"[bold red]{verb} at token {at}[/]: {aggregate} of scores {aggs[at]:.4g} > threshold {thr:.4g} "
+                      f"({spec.representation}, calibrated at FPR {spec.fpr})")
     else:
-        console.print(f"[green]not flagged[/]: max score {np.nanmax(scores):.4g} <= threshold {thr}")
+        final = float(np.nanmax(aggs)) if np.isfinite(aggs).any() else float("nan")
+        console.print(f"[green]not flagged[/]: {aggregate} of scores {final:.4g} <= threshold {thr}")

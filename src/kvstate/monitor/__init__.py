@@ -4,8 +4,10 @@
 (fitting a monitor's detector on a study's stored states).
 """
 
-from .fit import fit_monitor
+from .aggregate import Aggregator
+from .fit import PrefixStates, fit_monitor, fit_prefix_detector, prefix_states
 from .live import Monitor, MonitorResult
-from .spec import MonitorSpec, load_monitor, save_monitor
+from .spec import MonitorSpec, load_monitor, save_monitor, spec_from_detector
 
-__all__ = ["Monitor", "MonitorResult", "MonitorSpec", "fit_monitor", "load_monitor", "save_monitor"]
+__all__ = ["Aggregator", "Monitor", "MonitorResult", "MonitorSpec", "PrefixStates", "fit_monitor", "fit_prefix_detector",
+           "load_monitor", "prefix_states", "save_monitor", "spec_from_detector"]

@@ -18,11 +18,13 @@ import torch
 
 from .._options import Span, check_option
 from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_batch
+from ..deploy import Detector
 from ..detect import threshold_for_fpr
 from ..models import LoadedModel
 from ..representations import RepresentationSettings, kv_features, parse_kv_name
 from ..state import RecurrentState, get_phi
-from .spec import MonitorSpec
+from .aggregate import Aggregate, Aggregator
+from .spec import MonitorSpec, spec_from_detector
 
 __all__ = ["Monitor", "MonitorResult"]
 
@@ -34,8 +36,21 @@ class MonitorResult:
     sequences: torch.Tensor  # (B, prompt + new) token ids
     texts: list[str]
     scores: np.ndarray  # (B, steps): score of the state after each step (nan where not scored)
-    stopped_at: list[int | None]  # first step whose score crossed the threshold, per row
+    stopped_at: list[int | None]  # first step whose aggregate crossed the threshold, per row
     prompt_len: int
+    aggregates: np.ndarray | None = None  # (B, steps): the streaming aggregate the threshold applies to
+    alive: np.ndarray | None = None  # (B, steps): the row was still generating at that step
+
+    @property
+    def peak(self) -> np.ndarray:
+        """(B,) each reply's final aggregate (its highest score under ``aggregate="max"``)."""
+        agg = self.aggregates if self.aggregates is not None else self.scores
+        out = np.full(agg.shape[0], np.nan)
+        for i, row in enumerate(agg):
+            seen = row[~np.isnan(row)]
+            if seen.size:
+                out[i] = seen.max() if self.aggregates is None else seen[-1]
+        return out
 
 
 class _Stop:
@@ -54,19 +69,38 @@ class Monitor:
     Args:
         lm: the model. spec, detector: from a study (:func:`load_monitor`) or made by hand.
         every: score every n steps (other steps report nan). stop: end a row's generation at the
-            first scored step over ``spec.threshold``. on_step: ``callback(step, new_token_ids, scores)``.
+            first scored step whose aggregate is over ``spec.threshold``. on_step:
+            ``callback(step, new_token_ids, scores)``.
+        aggregate, alpha, window: how per-step scores are folded into the per-reply value the
+            threshold applies to (:class:`~kvstate.monitor.aggregate.Aggregator`; default ``max``:
+            the reply is flagged at its first step over the threshold).
         span, skip_first: token selection of the prompt (as in :func:`kvstate.extract`); generated
             tokens always count.
     """
 
     def __init__(self, lm: LoadedModel, spec: MonitorSpec, detector=None, *, every: int = 1, stop: bool = False,
                  on_step: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
-                 span: Span = "all", skip_first: int = 0):
+                 span: Span = "all", skip_first: int = 0, aggregate: Aggregate = "max", alpha: float = 0.3,
+                 window: int = 8):
         self.lm, self.spec, self.detector = lm, spec, detector
+        if every < 1:
+            raise ValueError(f"every must be >= 1 (score every n-th step), got {every}")
+        Aggregator(aggregate, alpha, window)  # checks the options before any generation
+        self.aggregate, self.alpha, self.window = aggregate, alpha, window
         self.every, self.stop, self.on_step = every, stop, on_step
         self.span, self.skip_first = check_option("span", span, Span), skip_first
         if stop and spec.threshold is None:
             raise ValueError("stop=True needs a threshold: calibrate one (train-monitor --fpr) or set spec.threshold")
+
+    @classmethod
+    def from_detector(cls, lm: LoadedModel, detector: Detector, **kwargs) -> "Monitor":
+        """A monitor that scores a detector folder's representation (``kvstate fit``) live.
+
+        One-line errors when ``lm`` is not the detector's model or dtype, or when its representation
+        is not a kv read-out the running state can rebuild.
+        """
+        detector.check_model(lm)
+        return cls(lm, spec_from_detector(detector), detector.estimator, **kwargs)
 
     # -- state ------------------------------------------------------------------------------
     def _reset(self, prompt_weights: torch.Tensor) -> None:
@@ -76,6 +110,9 @@ class Monitor:
         self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
         self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)
         self._step_scores: list[np.ndarray] = []
+        self._step_aggs: list[np.ndarray] = []
+        self._step_alive: list[np.ndarray] = []
+        self._agg = Aggregator(self.aggregate, self.alpha, self.window)
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
         eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
@@ -116,9 +153,12 @@ class Monitor:
         scored = self.detector is not None and step % self.every == 0
         s = self.score() if scored else np.full(input_ids.shape[0], np.nan)
         self._step_scores.append(s)
+        self._step_alive.append(self._alive.numpy().copy())
+        agg = self._agg.update(np.where(self._alive.numpy(), s, np.nan))  # a finished row's reply has ended
+        self._step_aggs.append(agg)
         flag = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         if scored and self.spec.threshold is not None:
-            over = torch.from_numpy(s > self.spec.threshold) & self._alive
+            over = torch.from_numpy(np.nan_to_num(agg, nan=-np.inf) > self.spec.threshold) & self._alive
             for i in torch.nonzero(over).flatten().tolist():
                 if self._stopped[i] is None:
                     self._stopped[i] = step
@@ -150,7 +190,7 @@ class Monitor:
             res = self.generate(prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
         finally:
             self.stop = stop
-        peaks = np.nanmax(res.scores, axis=1)  # a finished row's state no longer changes, so its score neither
+        peaks = res.peak  # each reply's final aggregate (its highest score under "max")
         self.spec.threshold = threshold_for_fpr(peaks, fpr)
         self.spec.fpr = fpr
         self.spec.notes["calibration"] = {"level": "sequence", "n_prompts": len(prompts), "max_new_tokens": max_new_tokens,
@@ -186,5 +226,7 @@ class Monitor:
                          position_ids=(mask.sum(-1, keepdim=True) - 1))
         T0 = batch.input_ids.shape[1]
         texts = [tok.decode(s[T0:], skip_special_tokens=True) for s in seq]
-        return MonitorResult(seq.cpu(), texts, np.stack(self._step_scores, 1) if self._step_scores else np.zeros((len(seq), 0)),
-                             list(self._stopped), T0)
+        empty = np.zeros((len(seq), 0))
+        return MonitorResult(seq.cpu(), texts, np.stack(self._step_scores, 1) if self._step_scores else empty,
+                             list(self._stopped), T0, np.stack(self._step_aggs, 1) if self._step_aggs else empty,
+                             np.stack(self._step_alive, 1) if self._step_alive else empty.astype(bool))

@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._io import read_json, write_json
+from ..deploy import Detector
 from ..detect import load_detector, save_detector
-from ..representations import parse_kv_name
+from ..representations import RepresentationSettings, parse_kv_name
 
-__all__ = ["MonitorSpec", "load_monitor", "save_monitor"]
+__all__ = ["MonitorSpec", "load_monitor", "save_monitor", "spec_from_detector"]
 
 
 @dataclass
@@ -44,11 +45,34 @@ def save_monitor(path: str | Path, spec: MonitorSpec, detector) -> Path:
     return path
 
 
+def spec_from_detector(det: Detector) -> MonitorSpec:
+    """The monitor spec that rebuilds a detector folder's representation from the running state.
+
+    The live state holds S, z and n of the monitored layers, so kv read-outs (``kv-<phi>-<kind>``)
+    can be rebuilt; a detector on activations or controls cannot be run live (one-line error).
+    """
+    try:
+        phi_key, _ = parse_kv_name(det.representation)
+    except ValueError:
+        raise ValueError(f"the live monitor rebuilds kv-state read-outs from its running state; {det.representation!r} "
+                         "is not one: fit the detector on a kv-<phi>-<kind> representation (e.g. kv-elu-S/n-hn@end)") from None
+    settings = RepresentationSettings.from_dict(det.settings)
+    return MonitorSpec(det.representation, list(settings.layers), settings.feature_map(phi_key).config(), det.settings,
+                       threshold=det.threshold, fpr=det.fpr, model=det.model,
+                       notes={"detector": det.training.get("detector", ""), "source": "detector folder",
+                              "calibration": det.calibration, "dtype": det.dtype})
+
+
 def load_monitor(path: str | Path):
-    """(MonitorSpec, detector) from a folder written by :func:`save_monitor`."""
+    """(MonitorSpec, detector) from a monitor folder (:func:`save_monitor`) or a detector folder
+    (``kvstate fit``, :class:`kvstate.deploy.Detector`)."""
     path = Path(path)
+    if (path / "detector.json").exists() and not (path / "monitor.json").exists():
+        det = Detector.load(path)
+        return spec_from_detector(det), det.estimator
     if not (path / "monitor.json").exists():
-        raise ValueError(f"{path} is not a monitor folder (no monitor.json); make one with `kvstate train-monitor`")
+        raise ValueError(f"{path} is not a monitor or detector folder (no monitor.json or detector.json); "
+                         "make one with `kvstate fit` or `kvstate train-monitor`")
     doc = read_json(path / "monitor.json", "monitor file")
     try:
         spec = MonitorSpec(**doc)
