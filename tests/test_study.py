@@ -40,10 +40,13 @@ def setup(tmp_path_factory):
     lm.model.save_pretrained(root / "tiny-llama")
     lm.tokenizer.save_pretrained(root / "tiny-llama")
     suites = [_suite(root / "alpha.jsonl", 24, 0, "destroy"), _suite(root / "beta.jsonl", 24, 1, "steal")]
+    benign = root / "benign.jsonl"
+    benign.write_text("\n".join(json.dumps({"id": f"b{i}", "text": f"Say something kind about number {i}.", "label": 0})
+                                for i in range(8)))
     cfg = StudyConfig(models=[str(root / "tiny-llama")], suites=[str(s) for s in suites], limit=None, n_splits=3,
                       n_boot=50, phis=["identity", "elu"], detectors=["mahalanobis", "knn", "logistic"], chunk=8,
                       layers="all", representations=REPS, monitor_suites=["alpha"], monitor_items=6,
-                      max_new_tokens=4, fidelity_layers="all")
+                      max_new_tokens=4, fidelity_layers="all", calibration_suite=str(benign), monitor_every=1)
     return root, cfg
 
 
@@ -74,9 +77,13 @@ def test_end_to_end_tiny_study(setup):
     assert fid["layers"] == [0, 1] and set(fid["series"]) == {"identity", "elu"}
     assert all(v > 0 for s in fid["series"].values() for v in s)
     mon = res["monitor"]["tiny-llama/alpha"]
-    assert mon["n_test"] == 6 and 0 <= mon["flagged_normal"] <= 1 and 0 <= mon["flagged_anomalous"] <= 1
-    assert mon["n_calibration"] >= 2 and 0 <= mon["seq_flagged_normal"] <= 1 and 0 <= mon["seq_flagged_anomalous"] <= 1
-    assert mon["peak_auroc"] is None or 0 <= mon["peak_auroc"] <= 1
+    assert mon["n_test"] == 6 and mon["n_fit"] == 6 and mon["n_calibration"] == 6 and mon["calibration"] == "benign"
+    assert [r["monitor"] for r in mon["rows"]] == ["prefix probe", "end-state probe", "unsupervised (end states)",
+                                                   "position control"]
+    for r in mon["rows"]:
+        assert 0 <= r["auroc"] <= 1 and r["threshold"] is not None and 0 <= r["tpr_at_benign_fpr"] <= 1
+        assert 0 <= r["fpr_realised"] <= 1
+    assert 0 <= mon["end_state_study_probe"]["auroc"] <= 1
     sel = task["selection_corrected"]
     assert set(sel["families"]) == {"kv-state", "activation"} and sel["n_repeats"] == 20
     assert all(0 <= f["lo"] <= f["auroc"] <= f["hi"] <= 1 and sum(f["picks"].values()) == 40 for f in sel["families"].values())

@@ -7,7 +7,8 @@
 from .aggregate import Aggregator
 from .fit import PrefixStates, fit_monitor, fit_prefix_detector, prefix_states
 from .live import Monitor, MonitorResult
-from .spec import MonitorSpec, load_monitor, save_monitor, spec_from_detector
+from .spec import MonitorSpec, load_monitor, save_monitor, spec_from_detector, spec_from_parts
 
 __all__ = ["Aggregator", "Monitor", "MonitorResult", "MonitorSpec", "PrefixStates", "fit_monitor", "fit_prefix_detector",
-           "load_monitor", "prefix_states", "save_monitor", "spec_from_detector"]
+           "load_monitor", "prefix_states", "save_monitor", "spec_from_detector",
+           "spec_from_parts"]

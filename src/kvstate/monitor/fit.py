@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
+from ..capture import encode_all
 from ..detect import get_detector, is_supervised, make_detector, reduce_if_wide, threshold_for_fpr
 from ..evaluate import evaluate_detector, fit_clone
 from ..representations import RepresentationSettings, parse_kv_name
@@ -61,6 +62,15 @@ class PrefixStates:
     step: np.ndarray
     texts: list[str]
     tokens: list[list[int]]
+    prompt_len: np.ndarray | None = None  # (replies,) prompt tokens of each reply
+
+    @classmethod
+    def concat(cls, parts: Sequence["PrefixStates"]) -> "PrefixStates":
+        """One set from consecutive batches (rows renumbered)."""
+        offsets = np.cumsum([0] + [len(p.texts) for p in parts])
+        return cls(np.concatenate([p.X for p in parts]), np.concatenate([p.row + o for p, o in zip(parts, offsets)]),
+                   np.concatenate([p.step for p in parts]), sum((p.texts for p in parts), []),
+                   sum((p.tokens for p in parts), []), np.concatenate([p.prompt_len for p in parts]))
 
     def labels(self, y: np.ndarray, onset: list[int | None] | None = None) -> np.ndarray:
         """Per-state labels: each reply's label (per sequence), or, with ``onset`` (the first step
@@ -99,7 +109,9 @@ def prefix_states(lm, prompts: Sequence[Any], spec: MonitorSpec, *, every: int =
             steps += [t] * len(alive)
         texts += res.texts
         tokens += [seq[res.prompt_len:].tolist() for seq in res.sequences]
-    return PrefixStates(np.concatenate(Xs) if Xs else np.zeros((0, 0)), np.array(rows), np.array(steps), texts, tokens)
+    lengths = np.array([len(e) for e in encode_all(lm, list(prompts))], dtype=float)
+    return PrefixStates(np.concatenate(Xs) if Xs else np.zeros((0, 0)), np.array(rows, dtype=int), np.array(steps, dtype=int),
+                        texts, tokens, lengths)
 
 
 def fit_prefix_detector(states: PrefixStates, y_states: np.ndarray, *, detector: str = "logistic", seed: int = 0,

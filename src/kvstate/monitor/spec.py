@@ -11,7 +11,7 @@ from ..deploy import Detector
 from ..detect import load_detector, save_detector
 from ..representations import RepresentationSettings, parse_kv_name
 
-__all__ = ["MonitorSpec", "load_monitor", "save_monitor", "spec_from_detector"]
+__all__ = ["MonitorSpec", "load_monitor", "save_monitor", "spec_from_detector", "spec_from_parts"]
 
 
 @dataclass
@@ -45,22 +45,28 @@ def save_monitor(path: str | Path, spec: MonitorSpec, detector) -> Path:
     return path
 
 
+def spec_from_parts(representation: str, settings: RepresentationSettings, *, threshold: float | None = None,
+                    fpr: float | None = None, model: str = "", notes: dict | None = None) -> MonitorSpec:
+    """The spec that rebuilds ``representation`` (a kv read-out) recorded under ``settings``."""
+    try:
+        phi_key, _ = parse_kv_name(representation)
+    except ValueError:
+        raise ValueError(f"the live monitor rebuilds kv-state read-outs from its running state; {representation!r} "
+                         "is not one: fit the detector on a kv-<phi>-<kind> representation (e.g. kv-elu-S/n-hn@end)") from None
+    return MonitorSpec(representation, list(settings.layers), settings.feature_map(phi_key).config(), settings.to_dict(),
+                       threshold=threshold, fpr=fpr, model=model, notes=notes or {})
+
+
 def spec_from_detector(det: Detector) -> MonitorSpec:
     """The monitor spec that rebuilds a detector folder's representation from the running state.
 
     The live state holds S, z and n of the monitored layers, so kv read-outs (``kv-<phi>-<kind>``)
     can be rebuilt; a detector on activations or controls cannot be run live (one-line error).
     """
-    try:
-        phi_key, _ = parse_kv_name(det.representation)
-    except ValueError:
-        raise ValueError(f"the live monitor rebuilds kv-state read-outs from its running state; {det.representation!r} "
-                         "is not one: fit the detector on a kv-<phi>-<kind> representation (e.g. kv-elu-S/n-hn@end)") from None
-    settings = RepresentationSettings.from_dict(det.settings)
-    return MonitorSpec(det.representation, list(settings.layers), settings.feature_map(phi_key).config(), det.settings,
-                       threshold=det.threshold, fpr=det.fpr, model=det.model,
-                       notes={"detector": det.training.get("detector", ""), "source": "detector folder",
-                              "calibration": det.calibration, "dtype": det.dtype})
+    return spec_from_parts(det.representation, RepresentationSettings.from_dict(det.settings), threshold=det.threshold,
+                           fpr=det.fpr, model=det.model,
+                           notes={"detector": det.training.get("detector", ""), "source": "detector folder",
+                                  "calibration": det.calibration, "dtype": det.dtype})
 
 
 def load_monitor(path: str | Path):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .._options import Projection, check_option
+from ..monitor.aggregate import Aggregate
 
 __all__ = ["CORE", "EVALUATION_SETTINGS", "LENGTH_MATCHED_FOR", "SUPERVISED", "UNSUPERVISED", "Engine", "StudyConfig"]
 
@@ -44,6 +45,8 @@ class StudyConfig:
     monitor_representation: str = "kv-elu-S/n-hn@end"
     monitor_items: int = 60  # test-split items generated with the live monitor
     monitor_fpr: float = 0.01
+    monitor_every: int = 4  # monitors score every k generated tokens
+    monitor_aggregate: Aggregate = "max"  # per-reply aggregate of step scores: last, max, ema, mean
     fidelity_layers: str | None = "upper3"  # layers where linear attention is compared with softmax; None skips
     transfer: dict[str, list[str]] = field(default_factory=dict)  # training suite -> test suites of the same task
     calibration_suite: str | None = "benign-chat"  # benign prompts that set the transfer threshold
@@ -56,6 +59,9 @@ class StudyConfig:
     def __post_init__(self):  # fail before any model is loaded
         check_option("projection", self.projection, Projection)
         check_option("engine", self.engine, Engine)
+        check_option("monitor_aggregate", self.monitor_aggregate, Aggregate)
+        if self.monitor_every < 1:
+            raise ValueError(f"monitor_every must be >= 1, got {self.monitor_every}")
 
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":

@@ -1,14 +1,32 @@
-"""Stage 5, monitor: the live monitor on held-out items of a suite, under both thresholds."""
+"""Stage 5, monitor: live monitors on held-out items of a suite, each trained on what it will see.
+
+Greedy generation does not depend on the detector, so the stage generates each set of replies
+once while recording the running state's features every ``monitor_every`` steps
+(:func:`kvstate.monitor.prefix_states`), then scores those recorded states with every monitor:
+exactly what each would have scored live. Monitors compared, on the same items:
+
+- ``prefix probe``: a logistic probe trained on prefix states of the model's own replies to the
+  fitting half (one label per reply), the states the monitor sees;
+- ``end-state probe``: the same probe trained on the study's stored end-of-reply states;
+- ``unsupervised (end states)``: Mahalanobis on normal end states (the round-1 monitor);
+- ``position control``: a probe that sees only the step index and the prompt length.
+
+Each monitor's per-reply score is the streaming aggregate (``monitor_aggregate``) of its step
+scores; the threshold is set at ``monitor_fpr`` on replies to the benign calibration suite. The
+reference ``end-state study probe`` is the study probe on stored end states of the same test items
+(no generation): what a monitor should approach by the end of the reply.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..detect import threshold_for_fpr
+from ..data import Suite
+from ..detect import make_detector, threshold_for_fpr
+from ..evaluate import bootstrap_ci, fit_clone, metrics
 from ..models import LoadedModel
-from ..monitor import Monitor, fit_monitor
+from ..monitor import Aggregator, MonitorSpec, PrefixStates, prefix_states, spec_from_parts
 from ..representations import RepresentationSettings
 from .config import StudyConfig
 from .progress import Stage
@@ -17,66 +35,91 @@ from .types import MonitorEvaluation, SuiteData
 __all__ = ["evaluate_monitor"]
 
 
-def evaluate_monitor(lm: LoadedModel, data: SuiteData, settings: RepresentationSettings,
-                     cfg: StudyConfig) -> MonitorEvaluation:
-    """Live monitor on held-out items, under both thresholds a user can calibrate.
+def _states(lm: LoadedModel, prompts: list, spec: MonitorSpec, cfg: StudyConfig, what: str) -> PrefixStates:
+    parts = []
+    with Stage(f"monitor: {what}", len(prompts), "replies") as stage:
+        for s in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[s : s + cfg.batch_size]
+            parts.append(prefix_states(lm, batch, spec, every=cfg.monitor_every, max_new_tokens=cfg.max_new_tokens,
+                                       batch_size=cfg.batch_size))
+            stage.advance(len(batch))
+    return PrefixStates.concat(parts)
 
-    Grouped, stratified quarters (the suites' own split may hold one class only): the detector is
-    fitted on the normal end-of-text states of half the groups, with the per-step threshold at
-    ``monitor_fpr`` of their out-of-fold scores (:func:`fit_monitor`); the normal prompts of a quarter
-    are generated with the monitor to set the per-sequence threshold (as :meth:`Monitor.calibrate`);
-    the last quarter is generated once and scored under both. The peak AUROC (each reply's highest
-    score, anomalous vs normal) needs no threshold at all.
-    """
+
+def _position(st: PrefixStates) -> np.ndarray:
+    return np.stack([st.step.astype(float), st.prompt_len[st.row]], 1)
+
+
+def _per_reply(st: PrefixStates, step_scores: np.ndarray, cfg: StudyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(n_replies,) final aggregate and (n_replies, steps) running aggregate of recorded step scores."""
+    n, T = len(st.texts), int(st.step.max()) + 1 if len(st.step) else 0
+    M = np.full((n, T), np.nan)
+    M[st.row, st.step] = step_scores
+    agg = Aggregator(cfg.monitor_aggregate)
+    running = np.stack([agg.update(M[:, t]) for t in range(T)], 1) if T else np.zeros((n, 0))
+    return (running[:, -1] if T else np.full(n, np.nan)), running
+
+
+def evaluate_monitor(lm: LoadedModel, data: SuiteData, settings: RepresentationSettings, cfg: StudyConfig,
+                     calibration: Suite | None = None) -> MonitorEvaluation:
+    """Monitors trained on half the groups, tested on the other half, thresholded on benign replies."""
     rep, items, arrays = cfg.monitor_representation, data.items, data.arrays
     y, groups = data.y, data.groups
-    test_idx, calib_idx, *fit_idx = [part for _, part in StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=cfg.seed)
-                                      .split(y, y, groups)]
-    fit = np.zeros(len(y), dtype=bool)
-    fit[np.concatenate(fit_idx)] = True
-    spec, det = fit_monitor(arrays[rep][fit], y[fit], groups[fit], rep, settings.to_dict(), fpr=cfg.monitor_fpr,
-                            seed=cfg.seed, model=lm.name)
+    fit_idx, test_idx = next(StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=cfg.seed).split(y, y, groups))
     rng = np.random.default_rng(cfg.seed)
-
-    def pick(idx, n):
-        return [items[i] for i in sorted(rng.permutation(idx)[:n])]
-
-    def scores(part, what):  # one row of per-step scores per reply
-        rows = []
-        with Stage(f"monitor: {what}", len(part), "replies") as stage:
-            for s in range(0, len(part), cfg.batch_size):
-                batch = [{"messages": it.messages} for it in part[s : s + cfg.batch_size]]
-                rows += list(Monitor(lm, spec, det).generate(batch, max_new_tokens=cfg.max_new_tokens).scores)
-                stage.advance(len(batch))
-        return rows
-
-    calib = pick([i for i in calib_idx if y[i] == 0], cfg.monitor_items)
-    step_threshold = spec.threshold
-    # a finished row's state, and so its score, no longer changes: its peak is over the steps it ran
-    seq_threshold = (threshold_for_fpr([np.nanmax(r) for r in scores(calib, "calibrate on normal prompts")], cfg.monitor_fpr)
-                     if len(calib) >= 2 else None)
-    test = pick(test_idx, cfg.monitor_items)
-    rows = scores(test, "held-out test")
-    peak = np.array([np.nanmax(r) for r in rows])
-    lab = np.array([it.label for it in test])
-
-    def rates(threshold):
-        if threshold is None:
-            return None, None
-        flags = peak > threshold
-        return (float(flags[lab == 1].mean()) if (lab == 1).any() else None,
-                float(flags[lab == 0].mean()) if (lab == 0).any() else None)
-
-    step_rates, seq_rates = rates(step_threshold), rates(seq_threshold)
-    first = [int(np.argmax(r > seq_threshold)) for r, l in zip(rows, lab) if l == 1 and seq_threshold is not None
-             and (r > seq_threshold).any()]
-    return {"representation": rep, "detector": f"{spec.notes['detector']} (unsupervised, fit on 1/2 of the groups)",
-            "threshold_fpr": cfg.monitor_fpr, "n_test": int(len(test)), "n_anomalous": int(lab.sum()),
-            "n_calibration": len(calib), "max_new_tokens": cfg.max_new_tokens,
-            "peak_auroc": float(roc_auc_score(lab, peak)) if len(np.unique(lab)) == 2 else None,
-            "flagged_anomalous": step_rates[0], "flagged_normal": step_rates[1],
-            "seq_flagged_anomalous": seq_rates[0], "seq_flagged_normal": seq_rates[1],
-            "seq_median_tokens_to_flag": float(np.median(first)) if first else None,
-            "note": "rates per sequence (flagged if any step crosses the threshold); flagged_*: per-step threshold "
-                    "(1% of single normal states), seq_flagged_*: per-sequence threshold (1% of normal replies' peaks, "
-                    "calibrated on generations from held-out normal prompts)"}
+    fit_idx = np.sort(rng.permutation(fit_idx)[: cfg.monitor_items])
+    test_idx = np.sort(rng.permutation(test_idx)[: cfg.monitor_items])
+    if len(np.unique(y[fit_idx])) < 2 or len(np.unique(y[test_idx])) < 2:
+        raise ValueError("each half of the monitor split needs both classes; use a larger suite or monitor_items")
+    spec = spec_from_parts(rep, settings, model=lm.name)
+    prompts = lambda idx: [{"messages": items[i].messages} for i in idx]  # noqa: E731
+    train = _states(lm, prompts(fit_idx), spec, cfg, "prefix states of the fitting half")
+    test = _states(lm, prompts(test_idx), spec, cfg, "held-out test")
+    benign = None
+    if calibration is not None:
+        benign = _states(lm, [{"messages": it.messages} for it in calibration.items[: cfg.monitor_items]], spec, cfg,
+                         "benign calibration")
+    y_fit, y_test = y[fit_idx], y[test_idx]
+    X_end = arrays[rep]
+    monitors = {
+        "prefix probe": (fit_clone(make_detector("logistic", train.X.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed),
+                                   train.X, y_fit[train.row]), lambda st: st.X),
+        "end-state probe": (fit_clone(make_detector("logistic", X_end.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed),
+                                      X_end[fit_idx], y_fit), lambda st: st.X),
+        "unsupervised (end states)": (fit_clone(make_detector("mahalanobis", X_end.shape[1], reduce_above=cfg.reduce_above,
+                                                              seed=cfg.seed), X_end[fit_idx], y_fit), lambda st: st.X),
+        "position control": (fit_clone(make_detector("logistic", 2), _position(train), y_fit[train.row]), _position),
+    }
+    rows = []
+    for name, (est, feats) in monitors.items():
+        final, running = _per_reply(test, est.decision_function(feats(test)), cfg)
+        auc = metrics(y_test, final)["auroc"]
+        try:
+            ci = list(bootstrap_ci(y_test, final, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups[test_idx]))
+        except ValueError:
+            ci = None
+        row = {"monitor": name, "auroc": auc, "auroc_ci": ci, "threshold": None, "tpr_at_benign_fpr": None,
+               "fpr_realised": None, "median_tokens_to_flag": None}
+        if benign is not None and len(benign.texts) >= 2:
+            thr = threshold_for_fpr(_per_reply(benign, est.decision_function(feats(benign)), cfg)[0], cfg.monitor_fpr)
+            flagged = final > thr
+            # a monitor at step t has seen t + 1 generated tokens
+            first = [int(np.argmax(r > thr)) + 1 for r, f, lab in zip(running, flagged, y_test) if f and lab == 1]
+            row.update(threshold=thr, tpr_at_benign_fpr=float(flagged[y_test == 1].mean()),
+                       fpr_realised=float(flagged[y_test == 0].mean()),
+                       median_tokens_to_flag=float(np.median(first)) if first else None)
+        rows.append(row)
+    ref = fit_clone(make_detector("logistic", X_end.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed), X_end[fit_idx], y_fit)
+    ref_scores = ref.decision_function(X_end[test_idx])
+    try:
+        ref_ci = list(bootstrap_ci(y_test, ref_scores, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups[test_idx]))
+    except ValueError:
+        ref_ci = None
+    return {"representation": rep, "every": cfg.monitor_every, "aggregate": cfg.monitor_aggregate,
+            "n_fit": int(len(fit_idx)), "n_test": int(len(test_idx)), "n_anomalous": int(y_test.sum()),
+            "calibration": calibration.name if calibration is not None else None,
+            "n_calibration": int(len(benign.texts)) if benign is not None else 0, "fpr": cfg.monitor_fpr,
+            "max_new_tokens": cfg.max_new_tokens, "rows": rows,
+            "end_state_study_probe": {"auroc": metrics(y_test, ref_scores)["auroc"], "auroc_ci": ref_ci},
+            "note": "per-reply score = the streaming aggregate of step scores; threshold at fpr of benign-chat replies; "
+                    "median tokens to flag over flagged anomalous replies"}

@@ -57,6 +57,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
                                           projection=cfg.projection)
         per_suite: dict[str, SuiteData | None] = {}
+        benign = (load_suite(cfg.calibration_suite, limit=cfg.monitor_items, seed=cfg.seed)
+                  if cfg.calibration_suite and cfg.monitor_items > 0 and cfg.monitor_suites else None)
         for suite_name, suite in suites.items():
             t0 = time.perf_counter()
             data = per_suite[suite_name] = prepare_suite(lm, suite_name, suite, layout, cfg, settings, notes)
@@ -75,8 +77,10 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
             per_suite[suite_name] = data
             if suite_name in cfg.monitor_suites and cfg.monitor_items > 0:
                 try:
-                    results["monitor"][f"{lm.name}/{suite_name}"] = evaluate_monitor(lm, data, settings, cfg)
-                    log(f"  monitor: {results['monitor'][f'{lm.name}/{suite_name}']}")
+                    results["monitor"][f"{lm.name}/{suite_name}"] = evaluate_monitor(lm, data, settings, cfg, benign)
+                    mon = results["monitor"][f"{lm.name}/{suite_name}"]
+                    log("  monitor AUROC: " + ", ".join(f"{r['monitor']} {r['auroc']:.2f}" for r in mon["rows"])
+                        + f"; end-state study probe {mon['end_state_study_probe']['auroc']:.2f}")
                 except ValueError as e:
                     notes.append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
             top = best(task["table"], "kv-state"), best(task["table"], "activation")

@@ -76,21 +76,20 @@ class TransferBlock(TypedDict):
 
 
 class MonitorEvaluation(TypedDict):
-    """results.json ``monitor[<model>/<suite>]``: the live monitor on held-out items."""
+    """results.json ``monitor[<model>/<suite>]``: live monitors on held-out items (one row each)."""
 
     representation: str
-    detector: str
-    threshold_fpr: float
+    every: int
+    aggregate: str
+    n_fit: int
     n_test: int
     n_anomalous: int
+    calibration: str | None
     n_calibration: int
+    fpr: float
     max_new_tokens: int
-    peak_auroc: float | None
-    flagged_anomalous: float | None
-    flagged_normal: float | None
-    seq_flagged_anomalous: float | None
-    seq_flagged_normal: float | None
-    seq_median_tokens_to_flag: float | None
+    rows: list[dict[str, Any]]
+    end_state_study_probe: dict[str, Any]
     note: str
 
 
