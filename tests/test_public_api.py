@@ -1,11 +1,18 @@
-"""Every name in __all__ exists (sklearn's test_import_all_consistency)."""
+"""Every name in every package's __all__ exists (sklearn's test_import_all_consistency)."""
+
+import importlib
+import pkgutil
+
+import pytest
 
 import kvstate
-import kvstate.data
-import kvstate.detect
+
+PACKAGES = ["kvstate"] + sorted(m.name for m in pkgutil.iter_modules(kvstate.__path__, "kvstate.") if m.ispkg)
 
 
-def test_all_names_exist():
-    for mod in (kvstate, kvstate.data, kvstate.detect):
-        for name in mod.__all__:
-            assert hasattr(mod, name), f"{mod.__name__}.{name}"
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_names_exist(name):
+    mod = importlib.import_module(name)
+    assert hasattr(mod, "__all__") or name in ("kvstate.cli",), f"{name} has no __all__"
+    for attr in getattr(mod, "__all__", []):
+        assert hasattr(mod, attr), f"{name}.{attr}"

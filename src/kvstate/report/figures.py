@@ -16,7 +16,8 @@ from .verdict import _num
 
 MAX_CURVES = 4
 
-__all__ = ["MAX_CURVES", "curve_label", "heatmap_figure", "hist_figure", "label", "lines_figure", "png", "roc_figure"]
+__all__ = ["MAX_CURVES", "curve_label", "forest_figure", "heatmap_figure", "hist_figure", "label", "lines_figure", "png",
+           "roc_figure", "transfer_figure"]
 
 
 def label(text: Any, limit: int = 60) -> str:
@@ -103,4 +104,52 @@ def heatmap_figure(suites: Sequence[str], auroc: Sequence[Sequence[Any]], title:
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if m[i, j] < 0.7 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="AUROC")
+    return png(fig)
+
+
+def forest_figure(rows: Sequence[tuple[str, str, float | None, float | None, float | None]], title: str) -> str:
+    """Dot-and-whisker plot: one line per (group, series, AUROC, lo, hi), grouped top to bottom, chance at 0.5."""
+    colours = {"KV state": "#2f6db5", "activation": "#d9822b", "control": "#6b7489"}
+    fig = Figure(figsize=(7.2, 0.28 * len(rows) + 1.0))
+    ax = fig.add_subplot()
+    labels = []
+    for i, (group, series, auc, lo, hi) in enumerate(rows):
+        yy = len(rows) - 1 - i
+        labels.append(f"{group} · {series}")
+        if _num(auc) is None:
+            continue
+        c = next((v for k, v in colours.items() if series.startswith(k)), "#444")
+        if _num(lo) is not None and _num(hi) is not None:
+            ax.plot([lo, hi], [yy, yy], c=c, lw=1.6)
+        ax.plot([auc], [yy], "o", c=c, ms=4.5)
+    ax.axvline(0.5, ls="--", c="0.6", lw=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([label(t, 70) for t in reversed(labels)], fontsize=7)
+    ax.set(xlim=(0, 1), xlabel="AUROC (95% CI)", title=title)
+    fig.tight_layout()
+    return png(fig)
+
+
+def transfer_figure(rows: Sequence[Mapping[str, Any]], title: str) -> str:
+    """In-distribution vs transfer AUROC per family (supervised and unsupervised), with CIs."""
+    fig = Figure(figsize=(6.4, 3.4))
+    ax = fig.add_subplot()
+    names = [f"{r['family']}{'' if r['supervised'] else ' (unsup.)'}" for r in rows]
+    x = np.arange(len(rows))
+    for off, key, ci_key, c, lab in ((-0.15, "in_distribution_auroc", "in_distribution_ci", "#8aa9d6", "in distribution (CV)"),
+                                     (0.15, "auroc", "auroc_ci", "#c0392b", "transfer")):
+        vals = [_num(r.get(key)) for r in rows]
+        for xi, v, r in zip(x, vals, rows):
+            ci = r.get(ci_key) or [None, None]
+            if v is None:
+                continue
+            if _num(ci[0]) is not None and _num(ci[1]) is not None:
+                ax.plot([xi + off] * 2, ci, c=c, lw=1.5)
+            ax.plot([xi + off], [v], "o", c=c, ms=5, label=lab if xi == 0 else None)
+    ax.axhline(0.5, ls="--", c="0.6", lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=7)
+    ax.set(ylim=(0, 1.02), ylabel="AUROC", title=label(title, 70))
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
     return png(fig)

@@ -23,7 +23,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .._io import atomic_write, dumps, to_jsonable
 from .._version import __version__
-from .figures import heatmap_figure, hist_figure, lines_figure, roc_figure
+from .figures import forest_figure, heatmap_figure, hist_figure, lines_figure, roc_figure, transfer_figure
 from .verdict import CONFOUND_MARGIN, LENGTH_WARN, _fmt, _num, summary, verdict
 
 __all__ = ["render_html", "write_report"]
@@ -142,6 +142,41 @@ def _transfer_model(key: str, block: Mapping[str, Any]) -> str:
     return str(block.get("model") or key.split(" | ")[0])
 
 
+def _forest(results: Mapping[str, Any]) -> str | None:
+    """Every task's headline at a glance: KV vs activation (held-out choice), controls, transfer."""
+    rows = []
+    for key, task in (results.get("tasks") or {}).items():
+        sel = (task.get("selection_corrected") or {}).get("families") or {}
+        for fam, name in (("kv-state", "KV state"), ("activation", "activation")):
+            if fam in sel:
+                rows.append((key, f"{name} (held-out choice, unsup.)", sel[fam]["auroc"], sel[fam]["lo"], sel[fam]["hi"]))
+        bow = next((r for r in task.get("table") or [] if r["representation"].startswith("ctl-bow") and r["supervised"]), None)
+        if bow is not None:
+            rows.append((key, "control: BoW probe", bow["auroc"], bow["auroc_lo"], bow["auroc_hi"]))
+        length = (task.get("length_control") or {}).get("length_auroc")
+        if length is not None:
+            rows.append((key, "control: length only", length, None, None))
+    for key, block in (results.get("heldout") or {}).items():
+        for r in block.get("rows") or []:
+            if r["supervised"]:
+                name = {"kv-state": "KV state", "activation": "activation", "control": "control"}[r["family"]]
+                ci = r.get("auroc_ci") or [None, None]
+                rows.append((key, f"{name} probe, transfer", r["auroc"], ci[0], ci[1]))
+    return forest_figure(rows, "Headline AUROC per task") if rows else None
+
+
+def _heldout_view(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, block in (results.get("heldout") or {}).items():
+        rows = block.get("rows") or []
+        out.append({"key": key, "block": block, "rows": rows, "png": transfer_figure(rows, key) if rows else None})
+    return out
+
+
+def _monitor_view(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": key, "mon": mon} for key, mon in (results.get("monitor") or {}).items() if "rows" in mon]
+
+
 def _context(results: Mapping[str, Any]) -> dict[str, Any]:
     meta = dict(results.get("meta") or {})
     tasks = results.get("tasks") or {}
@@ -161,7 +196,11 @@ def _context(results: Mapping[str, Any]) -> dict[str, Any]:
                       "detector": t.get("detector"),
                       "png": heatmap_figure(t["suites"], t["auroc"], f"{m}: fit on row, score on column")}
                      for m, t in transfer.items() if t.get("suites") and t.get("auroc")],
-        "monitor": _generic_table(results["monitor"]) if results.get("monitor") else None,
+        "monitor": _generic_table({k: v for k, v in results["monitor"].items() if "rows" not in v})
+        if any("rows" not in v for v in (results.get("monitor") or {}).values()) else None,
+        "monitors": _monitor_view(results),
+        "heldout": _heldout_view(results),
+        "forest": _forest(results),
         "fidelity": _fidelity_view(results["fidelity"]) if results.get("fidelity") else [],
         "thresholds": {"length_warn": LENGTH_WARN, "confound": CONFOUND_MARGIN},
     }
