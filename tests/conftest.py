@@ -82,6 +82,14 @@ def tiny_model(arch: str):
     return from_hf(model, byte_tokenizer(), name=f"tiny-{arch}")
 
 
+def tiny_model_folder(folder, arch: str = "llama"):
+    """A tiny random model saved as a local HF folder (what a user passes as --model)."""
+    lm = tiny_model(arch)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param

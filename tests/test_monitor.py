@@ -56,14 +56,10 @@ def test_running_state_equals_one_pass_over_prompt_and_reply(arch, rope):
             torch.testing.assert_close(z[i, li], z_ref[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("projection", ["gaussian", "sparse"])
-def test_monitor_features_equal_study_features(projection):
+def _live_vs_stored(lm, spec, settings, name):
+    """The monitor's features after forcing a reply token by token, and the recorder's for prompt + reply."""
     from kvstate.representations import capture_representations
 
-    lm = tiny_model("llama")
-    spec = _spec(lm, rep="kv-elu-S/n-hn")
-    settings = RepresentationSettings(layers=(0, 1), max_dim=64, projection=projection)
-    spec.settings = settings.to_dict()  # max_dim forces the JL reduction
     mon = Monitor(lm, spec)
     reply = "Yes, cats."
     forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
@@ -73,29 +69,31 @@ def test_monitor_features_equal_study_features(projection):
                  prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
     cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
                                   settings)
-    np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-elu-S/n-hn@end"], rtol=1e-4, atol=1e-5)
+    return mon.features()[0], cap.rows[0][name]
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "sparse"])
+def test_monitor_features_equal_study_features(projection):
+    lm = tiny_model("llama")
+    spec = _spec(lm, rep="kv-elu-S/n-hn")
+    settings = RepresentationSettings(layers=(0, 1), max_dim=64, projection=projection)
+    spec.settings = settings.to_dict()  # max_dim forces the JL reduction
+    live, stored = _live_vs_stored(lm, spec, settings, "kv-elu-S/n-hn@end")
+    np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
 
 
 def test_random_phi_monitor_scores_the_stored_features_when_the_seed_is_not_zero():
     """A study with seed != 0: fit_monitor once built its random features with the study seed while
     the recorder used the phi spec's own (seed 0), so the monitor scored other features than stored."""
     from kvstate.monitor import fit_monitor
-    from kvstate.representations import capture_representations
 
     lm = tiny_model("llama")
     settings = RepresentationSettings(layers=(0, 1), phis=("random",), ablation_phis=(), sweep=False, seed=3)
     rng = np.random.default_rng(0)
     spec, _ = fit_monitor(rng.normal(size=(12, 4)), np.r_[np.zeros(10, int), 1, 1], np.arange(12), "kv-random64-S/n@end",
                           settings.to_dict(), seed=3)
-    mon = Monitor(lm, spec)
-    reply = "Yes, cats."
-    forced = lm.tokenizer(reply, add_special_tokens=False)["input_ids"]
-    T0 = len(encode_all(lm, PROMPTS[:1])[0].ids)
-    mon.generate(PROMPTS[:1], max_new_tokens=len(forced),
-                 prefix_allowed_tokens_fn=lambda b, ids: [forced[min(len(ids) - T0, len(forced) - 1)]])
-    cap = capture_representations(lm, [{"messages": [{"role": "user", "content": PROMPTS[0]}], "response": reply}],
-                                  settings)
-    np.testing.assert_allclose(mon.features()[0], cap.rows[0]["kv-random64-S/n@end"], rtol=1e-4, atol=1e-5)
+    live, stored = _live_vs_stored(lm, spec, settings, "kv-random64-S/n@end")
+    np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
 
 
 class Scripted:

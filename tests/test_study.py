@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from conftest import tiny_model_folder
 
 from kvstate.study import StudyConfig, run_study
 
@@ -36,9 +36,7 @@ def _suite(path: Path, n: int, seed: int, word: str) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(root / "tiny-llama")
-    lm.tokenizer.save_pretrained(root / "tiny-llama")
+    tiny_model_folder(root / "tiny-llama")
     suites = [_suite(root / "alpha.jsonl", 24, 0, "destroy"), _suite(root / "beta.jsonl", 24, 1, "steal")]
     benign = root / "benign.jsonl"
     benign.write_text("\n".join(json.dumps({"id": f"b{i}", "text": f"Say something kind about number {i}.", "label": 0})

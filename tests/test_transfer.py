@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_model
+from conftest import tiny_model_folder
 from typer.testing import CliRunner
 
 from kvstate.cli import app
@@ -59,9 +59,7 @@ def _cfg(root: Path, test: Path) -> StudyConfig:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(root / "tiny-llama")
-    lm.tokenizer.save_pretrained(root / "tiny-llama")
+    tiny_model_folder(root / "tiny-llama")
     _suite(root / "alpha.jsonl", 24, 0, "destroy")
     test = _suite(root / "gamma.jsonl", 16, 2, "attack")
     _benign(root / "benign.jsonl")
@@ -147,9 +145,7 @@ def test_detector_with_another_model_or_settings_is_a_one_line_error(study, tmp_
     det_dir = tmp_path / "det"
     assert runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
                                "--calibration", "", "-o", str(det_dir)]).exit_code == 0
-    other = tiny_model("qwen2")
-    other.model.save_pretrained(tmp_path / "tiny-qwen")
-    other.tokenizer.save_pretrained(tmp_path / "tiny-qwen")
+    tiny_model_folder(tmp_path / "tiny-qwen", "qwen2")
     r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl"), "-o", str(tmp_path / "s.parquet"),
                             "-m", str(tmp_path / "tiny-qwen")])
     assert r.exit_code == 2 and "tiny-llama" in r.output and "tiny-qwen" in r.output and len(r.output.strip().splitlines()) == 1

@@ -30,12 +30,17 @@ from .folder import Detector
 __all__ = ["iter_prompt_chunks", "score_file"]
 
 
+def _missing(v: Any) -> bool:
+    """None, NaN (pandas' empty cell) or an empty string."""
+    return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+
+
 def _row(obj: Any, where: str) -> dict:
     if isinstance(obj, str):
         return {"messages": [{"role": "user", "content": obj}]}
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object with 'text' or 'messages', got {type(obj).__name__}")
-    row = {k: obj[k] for k in ("id", "label", "group", "response") if obj.get(k) is not None and obj.get(k) == obj.get(k)}
+    row = {k: obj[k] for k in ("id", "label", "group", "response") if not _missing(obj.get(k))}
     msgs = obj.get("messages")
     if isinstance(msgs, str) and msgs.strip().startswith("["):
         msgs = json.loads(msgs)
