@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,9 +13,36 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as _click_errors
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a wrong type, an unknown option) as the same one red line as :func:`fail`."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click_errors.NoArgsIsHelpError as e:  # `kvstate` or `kvstate models` alone: the help
+            typer.echo(e.ctx.get_help())
+            sys.exit(e.exit_code)
+        except _click_errors.ClickException as e:
+            where = f"`{e.ctx.command_path} --help`" if getattr(e, "ctx", None) else "`kvstate --help`"
+            err.print(f"[bold red]error:[/] {escape(_first_line(e.format_message()))} (see {where})")
+            sys.exit(e.exit_code)
+        except _click_errors.Abort:
+            err.print("[bold red]error:[/] aborted")
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
 app = typer.Typer(
     help="kvstate: the linear-attention KV state of an LLM as a representation for anomaly detection.",
-    no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
 )
 models_app = typer.Typer(help="Named models (built offline from PyPI packages).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -60,16 +86,47 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def writable_path(path: Path) -> Path:
-    """Fail early (before model work) when the output location cannot be written."""
-    parent = path.parent if path.suffix else path
+def writable_path(path: Path, folder: bool | None = None) -> Path:
+    """Fail early (before model work) when the output location cannot be written. Nothing is
+    created: the nearest existing folder must accept a new file (tried, then removed)."""
+    folder = not path.suffix if folder is None else folder
+    if folder and path.exists() and not path.is_dir():
+        fail(f"{path} is a file, not a folder; choose another --out")
+    if not folder and path.is_dir():
+        fail(f"{path} is a folder; pass a file name, e.g. --out {path / 'states.safetensors'}")
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"cannot create output directory under {parent}: it is a file; choose another --out")
+    from .._io import temp_path
+
+    probe = temp_path(parent / "probe")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        probe.open("wb").close()
+        probe.unlink()
     except OSError as e:
-        fail(f"cannot create output directory {parent}: {e.strerror}; choose another --out")
-    if not os.access(parent, os.W_OK):
-        fail(f"output directory {parent} is not writable; choose another --out")
+        fail(f"output directory {parent} is not writable ({e.strerror or e}); choose another --out")
     return path
+
+
+def at_least(option: str, value, low) -> None:
+    """A numeric option below its minimum is a one-line error, before any work."""
+    if value is not None and value < low:
+        fail(f"{option} must be >= {low}; got {value}")
+
+
+def check_model(model: str) -> Optional[int]:
+    """Check a model folder without loading it (config, tokenizer, complete weights); its layer count.
+
+    A registered model not yet built is checked when it is built."""
+    from ..models import built_folder, check_model_folder, model_layers
+
+    try:
+        folder = built_folder(model)
+        return None if folder is None else model_layers(check_model_folder(folder))
+    except ValueError as e:
+        fail(_first_line(e))
 
 
 @models_app.command("list")
@@ -99,15 +156,23 @@ def _read_prompts(prompts: list[str], file: Optional[Path]) -> list:
     if file is not None:
         if not file.exists():
             fail(f"prompt file {file} does not exist")
+        if file.is_dir():
+            fail(f"prompt file {file} is a folder; pass a .jsonl or text file")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            fail(f"{file} is not UTF-8 text (byte {e.start}); save it as UTF-8")
+        except OSError as e:
+            fail(f"cannot read prompt file {file} ({e.strerror or e})")
         if file.suffix == ".jsonl":
-            for i, line in enumerate(file.read_text().splitlines()):
+            for i, line in enumerate(text.splitlines()):
                 if line.strip():
                     try:
                         items.append(json.loads(line))
                     except json.JSONDecodeError as e:
                         fail(f"{file}:{i + 1} is not valid JSON ({e.msg}); write one JSON object per line")
         else:
-            items.extend(line for line in file.read_text().splitlines() if line.strip())
+            items.extend(line for line in text.splitlines() if line.strip())
     if not items:
         fail("no prompts: pass PROMPT arguments or --file prompts.jsonl")
     return items
@@ -128,7 +193,8 @@ def extract(
     span: str = typer.Option("all", help="all, content, prompt, response, system, user"),
     skip_first: int = typer.Option(0, help="drop the first k tokens (e.g. 1 = the attention sink)"),
     dtype: str = typer.Option("float32", help="float32 or bfloat16"),
-    batch_size: int = typer.Option(8, min=1),
+    batch_size: int = typer.Option(8, help="prompts per forward pass"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out that is not a kvstate state file"),
 ) -> None:
     """Capture K,V and write the linear-attention state of each prompt.
 
@@ -140,8 +206,31 @@ def extract(
     """
     import kvstate
 
+    from .._options import Rope, Span, Window, check_option
+    from ..models import DTYPES
+    from ..state.phi import get_phi
+
+    at_least("--skip-first", skip_first, 0)
+    at_least("--batch-size", batch_size, 1)
+    try:
+        for name, value, options in (("--rope", rope, Rope), ("--window", window, Window), ("--span", span, Span)):
+            check_option(name, value, options)
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        for p in phi:
+            get_phi(p)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        fail(_first_line(e))
     items = _read_prompts(prompts or [], file)
-    writable_path(out)
+    _check_outputs(out, phi, force)
+    n_layers = check_model(model)
+    if n_layers:
+        from ..capture import select_layers
+
+        try:
+            select_layers(layers, n_layers)
+        except ValueError as e:
+            fail(f"--layers: {_first_line(e)} ({model})")
     try:
         lm = kvstate.load_model(model, dtype=dtype)
         result = kvstate.extract(lm, items, layers=layers, phi=phi if len(phi) > 1 else phi[0], rope=rope,
@@ -151,9 +240,37 @@ def extract(
     states = result if isinstance(result, dict) else {phi[0]: result}
     for name, st in states.items():
         path = out if len(states) == 1 else out.with_name(f"{out.stem}.{name}{out.suffix}")
-        st.save(path)
+        try:
+            st.save(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type as well as OSError
+            fail(f"cannot write {path} ({_first_line(e)}); choose another --out")
         size = path.stat().st_size / 1e6
         console.print(f"[green]wrote[/] {path} ({size:.1f} MB): {escape(repr(st))}")
+
+
+def _check_outputs(out: Path, phi: list[str], force: bool) -> None:
+    """--out ends in .safetensors, can be written, and overwrites only kvstate state files (or --force)."""
+    if out.is_dir():
+        fail(f"{out} is a folder; pass a file name, e.g. --out {out / 'states.safetensors'}")
+    if out.suffix != ".safetensors":
+        fail(f"--out {out}: states are written as .safetensors; pass a name ending in .safetensors")
+    writable_path(out, folder=False)
+    paths = [out] if len(phi) == 1 else [out.with_name(f"{out.stem}.{p}{out.suffix}") for p in phi]
+    for path in paths:
+        if path.is_dir():
+            fail(f"{path} is a folder; choose another --out")
+        if path.exists() and not force and not _is_state_file(path):
+            fail(f"{path} exists and is not a kvstate state file; choose another --out or pass --force")
+
+
+def _is_state_file(path: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return "kvstate" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - any unreadable file is "not a state file"
+        return False
 
 
 @app.command()
@@ -170,16 +287,24 @@ def _study_config(config: Optional[Path], quick: bool, **flags):
 
     values: dict = {}
     if config is not None:
-        if not config.exists():
-            fail(f"config file {config} does not exist")
+        if not config.is_file():
+            fail(f"config file {config} {'is a folder' if config.is_dir() else 'does not exist'}; pass a TOML file")
         try:
             import tomllib
         except ImportError:  # Python 3.10
             fail("reading TOML needs Python >= 3.11 or `pip install tomli`")
         try:
-            values = tomllib.loads(config.read_text()).get("study", {})
+            doc = tomllib.loads(config.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             fail(f"{config} is not valid TOML ({e}); see README for the [study] table")
+        except (UnicodeDecodeError, OSError) as e:
+            fail(f"cannot read {config} as UTF-8 text ({type(e).__name__}); save it as UTF-8 TOML")
+        extra = sorted(set(doc) - {"study"})
+        if extra:
+            fail(f"{config}: unknown table(s) or key(s) {extra} outside [study]; put every setting in a [study] table")
+        values = doc.get("study", {})
+        if not isinstance(values, dict):
+            fail(f"{config}: study must be a [study] table, not a value")
         known = {f.name for f in fields(StudyConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -187,12 +312,13 @@ def _study_config(config: Optional[Path], quick: bool, **flags):
     values.update({k: v for k, v in flags.items() if v is not None})
     try:
         return StudyConfig.quick(**values) if quick else StudyConfig(**values)
-    except ValueError as e:
-        fail(f"{config or 'study settings'}: {e}")
+    except (ValueError, KeyError) as e:
+        fail(f"{config or 'study settings'}: {_first_line(e)}")
 
 
 def _split(x: Optional[str]) -> Optional[list[str]]:
-    return [p.strip() for p in x.split(",") if p.strip()] if x else None
+    """A comma list; None when the option is not given (an empty string is an empty list: an error later)."""
+    return None if x is None else [p.strip() for p in x.split(",") if p.strip()]
 
 
 @app.command()
@@ -208,7 +334,7 @@ def study(
     engine: Optional[str] = typer.Option(None, help="local (default) or ray: extraction on a Ray cluster"),
     address: Optional[str] = typer.Option(None, help="Ray address (e.g. auto); default starts a local cluster"),
     workers: Optional[int] = typer.Option(None, help="Ray model replicas [2]"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a \\[study] table"),
 ) -> None:
     """Run (or resume) the study: replies, labels, one-pass capture, evaluation, report.
 
@@ -218,22 +344,25 @@ def study(
 
       kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
     """
+    for name, value in (("--models", models), ("--suites", suites), ("--layers", layers)):
+        if value is not None and not _split(value):
+            fail(f"{name} is empty; name at least one (or leave {name} out for the default)")
     cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
                         dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers)
     if cfg.engine not in ("local", "ray"):
         fail(f"unknown engine {cfg.engine!r}. Available: local, ray")
-    writable_path(out)
-    from ..data import load_suite
-    from ..models import resolve
-    from ..study import run_study
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"dtype must be float32 or bfloat16; got {cfg.dtype!r}")
+    writable_path(out, folder=True)
+    from ..study import run_study, validate_study
 
+    existed = out.exists()
     try:
-        for m in cfg.models:
-            resolve(m)
-        for s_ in cfg.suites:
-            load_suite(s_, limit=cfg.limit, seed=cfg.seed)
+        validate_study(cfg)  # suites, groups, model folders and layers: before any model work
         run_study(cfg, out, command=_invocation())
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed study leaves no empty folder behind
         fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
@@ -252,13 +381,18 @@ def evaluate(
     """
     from ..study import evaluate_study
 
-    if not (out / "results.json").exists():
+    if not (out / "results.json").is_file():
         fail(f"{out / 'results.json'} does not exist; run `kvstate study -o {out}` first")
-    writable_path(out)
+    at_least("--n-boot", n_boot, 1)
+    at_least("--n-splits", n_splits, 2)
+    for name, value in (("--representations", representations), ("--detectors", detectors)):
+        if value is not None and not _split(value):
+            fail(f"{name} is empty; name at least one (or leave {name} out)")
+    writable_path(out, folder=True)
     try:
         evaluate_study(out, command=_invocation(), representations=_split(representations), detectors=_split(detectors),
                        n_boot=n_boot, n_splits=n_splits)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
@@ -266,12 +400,24 @@ def evaluate(
 @app.command()
 def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder with results.json")) -> None:
     """Re-render report.html from a study's results.json."""
+    from .._io import read_json
     from ..report import write_report
 
     path = out / "results.json"
     if not path.exists():
         fail(f"{path} does not exist; run `kvstate study -o {out}` first")
-    console.print(f"[green]report:[/] {write_report(json.loads(path.read_text()), out)}")
+    try:
+        results = read_json(path, "study results file")
+    except ValueError as e:
+        fail(_first_line(e))
+    if not (isinstance(results, dict) and isinstance(results.get("meta"), dict) and isinstance(results.get("tasks"), dict)):
+        fail(f"{path}: not a study results file (no meta or tasks); re-run `kvstate study -o {out}`")
+    writable_path(out, folder=True)
+    try:
+        console.print(f"[green]report:[/] {write_report(results, out)}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        fail(f"{path}: cannot render this results file ({type(e).__name__}: {_first_line(e)}); "
+             f"re-run `kvstate evaluate -o {out}`")
 
 
 @app.command()
@@ -293,6 +439,11 @@ def plan(
 
     if config not in known_configs() and not Path(config).exists():
         fail(f"unknown config {config!r}. Known: {', '.join(known_configs())} (or a config.json path)")
+    at_least("--n-items", n_items, 1)
+    if not mean_tokens > 0 or not gpu_flops > 0:
+        fail(f"--mean-tokens and --gpu-flops must be > 0; got {mean_tokens:g} and {gpu_flops:g}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype must be float32, bfloat16 or float16; got {dtype!r}")
     try:
         typer.echo(format_plan(make_plan(config, n_items=n_items, mean_tokens=mean_tokens, dtype=dtype,
                                          gpu_flops=gpu_flops)))
@@ -321,16 +472,30 @@ def train_monitor(
     """
     from ..monitor import save_monitor
     from ..study import train_monitor as fit
+    from ..study.config import UNSUPERVISED
 
-    if not (study_dir / "store").exists():
+    if not (study_dir / "store").is_dir():
         fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
-    writable_path(out)
+    if not 0 < fpr < 1:
+        fail(f"--fpr must be between 0 and 1; got {fpr}")
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    if detector not in UNSUPERVISED:
+        fail(f"--detector must be an unsupervised detector ({', '.join(UNSUPERVISED)}); got {detector!r}")
+    if (out / "monitor.json").exists() or (out.is_dir() and any(out.iterdir())):
+        if not (out / "monitor.json").is_file():
+            fail(f"{out} exists and is not a monitor folder; choose another --out")
+    writable_path(out, folder=True)
+    if per_sequence:
+        check_model(model)
     try:
         spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
                         max_new_tokens=max_new_tokens)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         fail(_first_line(e))
-    save_monitor(out, spec, det)
+    try:
+        save_monitor(out, spec, det)
+    except OSError as e:
+        fail(f"cannot write the monitor to {out} ({e.strerror or e}); choose another --out")
     level = "per reply" if per_sequence else "per step"
     console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
                   f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
@@ -356,11 +521,20 @@ def monitor(
 
     from ..monitor import Monitor, load_monitor
 
+    at_least("--every", every, 1)
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    if not detector.is_dir():
+        fail(f"{detector} is not a monitor folder{' (it is a file)' if detector.exists() else ''}; "
+             "make one with `kvstate train-monitor`")
     try:
         spec, det = load_monitor(detector)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(_first_line(e))
+    check_model(model)
+    try:
         lm = kvstate.load_model(model)
     except ValueError as e:
-        fail(str(e).splitlines()[0])
+        fail(_first_line(e))
     if spec.model and spec.model != lm.name:
         fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
     thr = spec.threshold

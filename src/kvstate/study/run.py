@@ -19,15 +19,15 @@ import torch
 
 from .._io import read_json, write_json
 from .._version import __version__
-from ..capture import check_layers
+from ..capture import check_layers, select_layers
 from ..data import load_suite
-from ..models import load_model
+from ..models import check_model_folder, load_model, model_layers, resolve
 from ..report import write_report
 from ..representations import RepresentationSettings
 from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
 from .config import EVALUATION_SETTINGS, StudyConfig
-from .evaluate import TooFewGroups, best, evaluate_task
+from .evaluate import TooFewGroups, best, check_groups, evaluate_task
 from .fidelity import phi_fidelity
 from .generate import fit_context, replies
 from .monitor import evaluate_monitor
@@ -35,16 +35,67 @@ from .progress import log
 from .transfer import cross_suite
 from .types import SuiteData
 
-__all__ = ["evaluate_study", "run_study"]
+__all__ = ["evaluate_study", "run_study", "validate_study"]
+
+
+def validate_study(cfg: StudyConfig) -> dict:
+    """Check everything a study can check before model work; return its suites by label.
+
+    Suites load and hold enough groups per class for ``n_splits``-fold grouped CV (a generation
+    suite's labels are known only after the model replies, so there only its number of groups is
+    checked); each model folder has a config, a tokenizer and complete weights, and the layer
+    choices fit its config.json. Raises a one-line ``ValueError``.
+    """
+    import numpy as np
+
+    from ..state.phi import get_phi
+
+    for p in cfg.phis:
+        get_phi(p)
+    suites = {}
+    for name in cfg.suites:
+        suite = load_suite(name, limit=cfg.limit, seed=cfg.seed)
+        label = suite_label(name)
+        groups = np.array([it.group for it in suite.items])
+        fix = "use more items (a higher or no --limit) or more groups, or fewer n_splits"
+        if suite.generation:
+            if len(set(groups)) < 2:
+                raise ValueError(f"suite {label}: {len(set(groups))} group(s); grouped CV needs >= 2; {fix}")
+        else:
+            try:
+                check_groups(np.array([it.label for it in suite.items]), groups, cfg.n_splits)
+            except TooFewGroups as e:
+                raise ValueError(f"suite {label}: {e}; {fix}") from None
+        suites[label] = suite
+    for m in cfg.models:
+        folder = resolve(m)
+        n_layers = model_layers(check_model_folder(folder))
+        if n_layers:
+            for what, spec in (("layers", cfg.layers), ("fidelity_layers", cfg.fidelity_layers or None)):
+                if spec is not None:
+                    try:
+                        select_layers(spec, n_layers)
+                    except ValueError as e:
+                        raise ValueError(f"{what}: {e} ({m})") from None
+    return suites
+
+
+def _keep_previous(layout: StudyLayout, results: dict) -> None:
+    """Never replace a results file or report with one that has no task: say why instead."""
+    if results["tasks"]:
+        return
+    why = "; ".join(results["meta"]["notes"]) or "no suite could be evaluated"
+    kept = "kept the previous results.json and report.html" if layout.results.exists() else "nothing written"
+    raise ValueError(f"no task was evaluated ({why}); {kept}")
 
 
 def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     """Run (or resume) a study and write report.html + results.json under ``out``."""
     out = Path(out)
     layout = StudyLayout(out)
+    suites = validate_study(cfg)  # before any model work or any file is written
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    suites = {suite_label(name): load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
     results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
                         "suites": cfg.suites, "config": asdict(cfg), "notes": []},
@@ -98,6 +149,7 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
             results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg)
         log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
         del lm
+    _keep_previous(layout, results)
     write_report(results, out)
     return results
 
@@ -120,7 +172,16 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         raise ValueError(f"{unknown} change what is captured, not how it is evaluated; re-run `kvstate study` "
                          f"(evaluation settings: {', '.join(EVALUATION_SETTINGS)})")
     results = read_json(path, "study results file")
-    cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    if not (isinstance(results, dict) and isinstance(results.get("meta"), dict)
+            and isinstance(results["meta"].get("config"), dict) and isinstance(results.get("tasks"), dict)):
+        raise ValueError(f"{path}: not a study results file (no meta.config or tasks); "
+                         f"re-run `kvstate study -o {out}` to write one")
+    try:
+        cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    except TypeError as e:
+        raise ValueError(f"{path}: meta.config is not a study config ({e}); re-run `kvstate study -o {out}`") from None
+    if not results["tasks"]:
+        raise ValueError(f"{path}: has no task to re-evaluate; re-run `kvstate study -o {out}`")
     sources = {suite_label(n): n for n in cfg.suites}
     per_model: dict[str, dict] = {}
     for key, task in results["tasks"].items():
