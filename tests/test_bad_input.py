@@ -64,7 +64,7 @@ def finished_study(tmp_path_factory, model_dir):
     """A finished tiny study (one suite, one representation, one detector) and its settings."""
     root = tmp_path_factory.mktemp("study")
     settings = dict(models=[str(model_dir)], suites=[str(_suite(root / "alpha.jsonl"))], n_splits=2,
-                    n_boot=5, phis=["identity"], detectors=["mahalanobis"], representations=["kv-identity-S/n"],
+                    n_boot=5, phis=["identity"], detectors=["mahalanobis"], representations=["kv-identity-S/n", "act-resid-last"],
                     all_detectors_for=["kv-identity-S/n"], layers="all", monitor_items=0, monitor_suites=[],
                     fidelity_layers="", chunk=8)
     toml = _toml(root / "study.toml", **settings)
@@ -106,8 +106,9 @@ def test_no_task_never_replaces_results(finished_study, monkeypatch):
 
     monkeypatch.setattr(run_mod, "evaluate_task", too_few)
     res = runner.invoke(app, ["study", "-c", str(root / "study.toml"), "-o", str(run)])
-    assert res.exit_code != 0
-    one_line_error(res, "no task", "kept")
+    assert res.exit_code == 2 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    last = res.stderr.strip().splitlines()[-1]  # after the progress lines of the work that was done
+    assert last.startswith("error:") and "no task was evaluated" in last and "kept the previous" in last, last
     assert {p: (run / p).read_bytes() for p in before} == before
 
 
@@ -293,3 +294,20 @@ def test_missing_index_is_said(tmp_path):
     (tmp_path / "st" / "index.parquet").unlink()
     with pytest.warns(UserWarning, match="index.parquet"):
         Store.open(tmp_path / "st", {"a": 1})
+
+
+def test_pca_on_constant_representation_is_quiet():
+    """`make demo` printed sklearn's RuntimeWarning (0/0 variance ratios) on constant features."""
+    import warnings
+
+    import numpy as np
+
+    from kvstate.detect import get_detector
+    from kvstate.detect.reduce import PCAReduce
+
+    X = np.ones((30, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = get_detector("pca").fit(X).score_samples(X)
+        PCAReduce(n_components=4).fit(X)
+    assert np.isfinite(scores).all()

@@ -52,6 +52,16 @@ def validate_study(cfg: StudyConfig) -> dict:
 
     for p in cfg.phis:
         get_phi(p)
+    for m in cfg.models:
+        folder = resolve(m)
+        n_layers = model_layers(check_model_folder(folder))
+        if n_layers:
+            for what, spec in (("layers", cfg.layers), ("fidelity_layers", cfg.fidelity_layers or None)):
+                if spec is not None:
+                    try:
+                        select_layers(spec, n_layers)
+                    except ValueError as e:
+                        raise ValueError(f"{what}: {e} ({m})") from None
     suites = {}
     for name in cfg.suites:
         suite = load_suite(name, limit=cfg.limit, seed=cfg.seed)
@@ -67,16 +77,6 @@ def validate_study(cfg: StudyConfig) -> dict:
             except TooFewGroups as e:
                 raise ValueError(f"suite {label}: {e}; {fix}") from None
         suites[label] = suite
-    for m in cfg.models:
-        folder = resolve(m)
-        n_layers = model_layers(check_model_folder(folder))
-        if n_layers:
-            for what, spec in (("layers", cfg.layers), ("fidelity_layers", cfg.fidelity_layers or None)):
-                if spec is not None:
-                    try:
-                        select_layers(spec, n_layers)
-                    except ValueError as e:
-                        raise ValueError(f"{what}: {e} ({m})") from None
     return suites
 
 
@@ -139,9 +139,10 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
                     log(f"  monitor: {results['monitor'][f'{lm.name}/{suite_name}']}")
                 except ValueError as e:
                     results["meta"]["notes"].append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
-            top = best(task["table"], "kv-state"), best(task["table"], "activation")
-            log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {top[0]['auroc']:.3f}, "
-                f"activation {top[1]['auroc']:.3f}, length alone {task['length_control']['length_auroc']:.3f}")
+            top = [best(task["table"], fam) for fam in ("kv-state", "activation")]
+            kv, act = (f"{t['auroc']:.3f}" if t else "not evaluated" for t in top)  # a representation filter may drop one
+            log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {kv}, "
+                f"activation {act}, length alone {task['length_control']['length_auroc']:.3f}")
             write_json(layout.results, results, sort_keys=True)
         for rep, block in cross_suite(per_suite, cfg).items():
             results["transfer"][f"{lm.name} | {rep}"] = block
