@@ -311,3 +311,16 @@ def test_pca_on_constant_representation_is_quiet():
         scores = get_detector("pca").fit(X).score_samples(X)
         PCAReduce(n_components=4).fit(X)
     assert np.isfinite(scores).all()
+
+
+def test_truncated_weights_in_the_cache(tmp_path, model_dir, monkeypatch):
+    """A registered model whose cached conversion was cut short: one line naming the cached file."""
+    import shutil
+
+    cached = tmp_path / "cache" / "models" / "smollm2-135m" / "hf"
+    shutil.copytree(model_dir, cached)
+    data = (cached / "model.safetensors").read_bytes()
+    (cached / "model.safetensors").write_bytes(data[: len(data) - 100])
+    monkeypatch.setenv("KVSTATE_CACHE", str(tmp_path / "cache"))
+    res = runner.invoke(app, ["extract", "hi", "-m", "smollm2-135m", "-o", str(tmp_path / "s.safetensors")])
+    one_line_error(res, str(cached / "model.safetensors"), "truncated")
