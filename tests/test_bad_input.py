@@ -142,10 +142,13 @@ def test_empty_suites_flag_is_an_error(tmp_path):
     one_line_error(runner.invoke(app, ["study", "--suites", "", "-o", str(tmp_path / "o")]), "suites")
 
 
-def test_study_out_is_a_file(tmp_path):
-    f = tmp_path / "f"
+@pytest.mark.parametrize("name", ["f", "results.txt"])
+def test_study_out_is_a_file(tmp_path, model_dir, name):
+    f = tmp_path / name
     f.write_text("keep")
-    one_line_error(runner.invoke(app, ["study", "--quick", "-o", str(f)]), str(f))
+    res = runner.invoke(app, ["study", "--models", str(model_dir), "--suites", str(_suite(tmp_path / "s.jsonl")),
+                              "-o", str(f)])
+    one_line_error(res, str(f))
     assert f.read_text() == "keep"
 
 
