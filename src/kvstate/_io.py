@@ -3,8 +3,9 @@ with NaN -> null, and reading JSON with a one-line error that names the file.
 
 Every write goes to a temporary file next to the target (same file system), is flushed and fsync-ed,
 then ``os.replace``-d onto the target, so a reader sees the old file or the new one, never half of
-one, and a killed writer leaves the old file intact. Temporary files are created with ``open`` and
-so honour the umask (``tempfile.mkstemp`` would make them 0600).
+one, and a killed writer leaves the old file intact. The result gets ordinary permissions (0666
+minus the umask), whatever wrote the temporary file: ``tempfile.mkstemp`` and safetensors'
+``save_file`` would leave it 0600.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None], *, fsync: bool = True) -> Path:
     """Write ``data`` (bytes, text as UTF-8, or a callable that writes the file it is given) to
     ``path`` atomically; return the path. Parent folders are created."""
@@ -50,6 +57,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         else:
             with open(tmp, "wb") as fh:
                 fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())

@@ -28,7 +28,11 @@ def select_layers(spec: str | list[int] | None, num_layers: int) -> list[int]:
             spec = [int(x) for x in spec.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"bad layer selection {spec!r}: use {', '.join(SCHEMES)} or indices like '0,5,-1'") from None
+        if not spec:
+            raise ValueError(f"empty layer selection: use {', '.join(SCHEMES)} or indices like '0,5,-1'")
     out = []
+    if not len(spec):
+        raise ValueError(f"empty layer selection: use {', '.join(SCHEMES)} or indices like '0,5,-1'")
     for l in spec:
         if not -L <= int(l) < L:
             raise ValueError(f"bad layer index {l!r}: the model has {L} layers (0..{L - 1}, or negative from the end)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -13,9 +11,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .checks import OneLineErrors, at_least, check_model, check_outputs, fail, read_prompts, writable_path
+from .checks import first_line as _first_line
+from .checks import split as _split
+from .checks import study_config as _study_config
+
 app = typer.Typer(
     help="kvstate: the linear-attention KV state of an LLM as a representation for anomaly detection.",
-    no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineErrors,
 )
 models_app = typer.Typer(help="Named models (built offline from PyPI packages).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -37,13 +40,6 @@ def _quiet() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-err = Console(stderr=True, soft_wrap=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One red line on stderr and a non-zero exit: bad input never ends in a traceback."""
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
 
 
 def _invocation() -> str:
@@ -51,24 +47,6 @@ def _invocation() -> str:
     import shlex
 
     return "kvstate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def _first_line(e: Exception) -> str:
-    """An exception as a one-line error message."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def writable_path(path: Path) -> Path:
-    """Fail early (before model work) when the output location cannot be written."""
-    parent = path.parent if path.suffix else path
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create output directory {parent}: {e.strerror}; choose another --out")
-    if not os.access(parent, os.W_OK):
-        fail(f"output directory {parent} is not writable; choose another --out")
-    return path
 
 
 @models_app.command("list")
@@ -93,25 +71,6 @@ def models_fetch(name: str = typer.Argument(..., help="a registered model name")
         fail(str(e))
 
 
-def _read_prompts(prompts: list[str], file: Optional[Path]) -> list:
-    items: list = list(prompts)
-    if file is not None:
-        if not file.exists():
-            fail(f"prompt file {file} does not exist")
-        if file.suffix == ".jsonl":
-            for i, line in enumerate(file.read_text().splitlines()):
-                if line.strip():
-                    try:
-                        items.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        fail(f"{file}:{i + 1} is not valid JSON ({e.msg}); write one JSON object per line")
-        else:
-            items.extend(line for line in file.read_text().splitlines() if line.strip())
-    if not items:
-        fail("no prompts: pass PROMPT arguments or --file prompts.jsonl")
-    return items
-
-
 @app.command()
 def extract(
     prompts: List[str] = typer.Argument(None, help="prompt texts (each becomes a user message)"),
@@ -127,7 +86,8 @@ def extract(
     span: str = typer.Option("all", help="all, content, prompt, response, system, user"),
     skip_first: int = typer.Option(0, help="drop the first k tokens (e.g. 1 = the attention sink)"),
     dtype: str = typer.Option("float32", help="float32 or bfloat16"),
-    batch_size: int = typer.Option(8, min=1),
+    batch_size: int = typer.Option(8, help="prompts per forward pass"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out that is not a kvstate state file"),
 ) -> None:
     """Capture K,V and write the linear-attention state of each prompt.
 
@@ -139,8 +99,31 @@ def extract(
     """
     import kvstate
 
-    items = _read_prompts(prompts or [], file)
-    writable_path(out)
+    from .._options import Rope, Span, Window, check_option
+    from ..models import DTYPES
+    from ..state.phi import get_phi
+
+    at_least("--skip-first", skip_first, 0)
+    at_least("--batch-size", batch_size, 1)
+    try:
+        for name, value, options in (("--rope", rope, Rope), ("--window", window, Window), ("--span", span, Span)):
+            check_option(name, value, options)
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        for p in phi:
+            get_phi(p)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        fail(_first_line(e))
+    items = read_prompts(prompts or [], file)
+    check_outputs(out, phi, force)
+    n_layers = check_model(model)
+    if n_layers:
+        from ..capture import select_layers
+
+        try:
+            select_layers(layers, n_layers)
+        except ValueError as e:
+            fail(f"--layers: {_first_line(e)} ({model})")
     try:
         lm = kvstate.load_model(model, dtype=dtype)
         result = kvstate.extract(lm, items, layers=layers, phi=phi if len(phi) > 1 else phi[0], rope=rope,
@@ -150,7 +133,10 @@ def extract(
     states = result if isinstance(result, dict) else {phi[0]: result}
     for name, st in states.items():
         path = out if len(states) == 1 else out.with_name(f"{out.stem}.{name}{out.suffix}")
-        st.save(path)
+        try:
+            st.save(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type as well as OSError
+            fail(f"cannot write {path} ({_first_line(e)}); choose another --out")
         size = path.stat().st_size / 1e6
         console.print(f"[green]wrote[/] {path} ({size:.1f} MB): {escape(repr(st))}")
 
@@ -160,38 +146,6 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o")) -> None:
     """The main job on the default model, quick: `kvstate study --quick` and where the report is."""
     study(out=out, models=None, suites=None, limit=None, layers=None, dtype=None, seed=None, quick=True, engine=None,
           address=None, workers=None, config=None, test_suites=None)
-
-
-def _study_config(config: Optional[Path], quick: bool, **flags):
-    from dataclasses import fields
-
-    from ..study import StudyConfig
-
-    values: dict = {}
-    if config is not None:
-        if not config.exists():
-            fail(f"config file {config} does not exist")
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            fail("reading TOML needs Python >= 3.11 or `pip install tomli`")
-        try:
-            values = tomllib.loads(config.read_text()).get("study", {})
-        except tomllib.TOMLDecodeError as e:
-            fail(f"{config} is not valid TOML ({e}); see README for the [study] table")
-        known = {f.name for f in fields(StudyConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            fail(f"{config}: unknown study settings {unknown}. Available: {', '.join(sorted(known))}")
-    values.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return StudyConfig.quick(**values) if quick else StudyConfig(**values)
-    except ValueError as e:
-        fail(f"{config or 'study settings'}: {e}")
-
-
-def _split(x: Optional[str]) -> Optional[list[str]]:
-    return [p.strip() for p in x.split(",") if p.strip()] if x else None
 
 
 def _transfer_pairs(specs: Optional[List[str]]) -> Optional[dict[str, list[str]]]:
@@ -220,7 +174,7 @@ def study(
     engine: Optional[str] = typer.Option(None, help="local (default) or ray: extraction on a Ray cluster"),
     address: Optional[str] = typer.Option(None, help="Ray address (e.g. auto); default starts a local cluster"),
     workers: Optional[int] = typer.Option(None, help="Ray model replicas [2]"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a [study] table"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with a \\[study] table"),
     test_suites: Optional[List[str]] = typer.Option(None, "--test-suites", help="held-out transfer: TRAIN=TEST1,TEST2 "
                                                     "(repeatable); test suites are other datasets of the same task"),
 ) -> None:
@@ -232,23 +186,26 @@ def study(
 
       kvstate study --models smollm2-135m,qwen2.5-0.5b --suites jailbreak,sysprompt --limit 300 -o runs/main
     """
+    for name, value in (("--models", models), ("--suites", suites), ("--layers", layers)):
+        if value is not None and not _split(value):
+            fail(f"{name} is empty; name at least one (or leave {name} out for the default)")
     cfg = _study_config(config, quick, models=_split(models), suites=_split(suites), limit=limit, layers=layers,
                         dtype=dtype, seed=seed, engine=engine, ray_address=address, ray_workers=workers,
                         transfer=_transfer_pairs(test_suites))
     if cfg.engine not in ("local", "ray"):
         fail(f"unknown engine {cfg.engine!r}. Available: local, ray")
-    writable_path(out)
-    from ..data import load_suite
-    from ..models import resolve
-    from ..study import run_study
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"dtype must be float32 or bfloat16; got {cfg.dtype!r}")
+    writable_path(out, folder=True)
+    from ..study import run_study, validate_study
 
+    existed = out.exists()
     try:
-        for m in cfg.models:
-            resolve(m)
-        for s_ in cfg.suites:
-            load_suite(s_, limit=cfg.limit, seed=cfg.seed)
+        validate_study(cfg)  # suites, groups, model folders and layers: before any model work
         run_study(cfg, out, command=_invocation())
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed study leaves no empty folder behind
         fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
@@ -267,13 +224,18 @@ def evaluate(
     """
     from ..study import evaluate_study
 
-    if not (out / "results.json").exists():
+    if not (out / "results.json").is_file():
         fail(f"{out / 'results.json'} does not exist; run `kvstate study -o {out}` first")
-    writable_path(out)
+    at_least("--n-boot", n_boot, 1)
+    at_least("--n-splits", n_splits, 2)
+    for name, value in (("--representations", representations), ("--detectors", detectors)):
+        if value is not None and not _split(value):
+            fail(f"{name} is empty; name at least one (or leave {name} out)")
+    writable_path(out, folder=True)
     try:
         evaluate_study(out, command=_invocation(), representations=_split(representations), detectors=_split(detectors),
                        n_boot=n_boot, n_splits=n_splits)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         fail(_first_line(e))
     console.print(f"[green]report:[/] {out / 'report.html'}\n[green]results:[/] {out / 'results.json'}")
 
@@ -281,12 +243,24 @@ def evaluate(
 @app.command()
 def report(out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="a study folder with results.json")) -> None:
     """Re-render report.html from a study's results.json."""
+    from .._io import read_json
     from ..report import write_report
 
     path = out / "results.json"
     if not path.exists():
         fail(f"{path} does not exist; run `kvstate study -o {out}` first")
-    console.print(f"[green]report:[/] {write_report(json.loads(path.read_text()), out)}")
+    try:
+        results = read_json(path, "study results file")
+    except ValueError as e:
+        fail(_first_line(e))
+    if not (isinstance(results, dict) and isinstance(results.get("meta"), dict) and isinstance(results.get("tasks"), dict)):
+        fail(f"{path}: not a study results file (no meta or tasks); re-run `kvstate study -o {out}`")
+    writable_path(out, folder=True)
+    try:
+        console.print(f"[green]report:[/] {write_report(results, out)}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        fail(f"{path}: cannot render this results file ({type(e).__name__}: {_first_line(e)}); "
+             f"re-run `kvstate evaluate -o {out}`")
 
 
 @app.command()
@@ -308,6 +282,11 @@ def plan(
 
     if config not in known_configs() and not Path(config).exists():
         fail(f"unknown config {config!r}. Known: {', '.join(known_configs())} (or a config.json path)")
+    at_least("--n-items", n_items, 1)
+    if not mean_tokens > 0 or not gpu_flops > 0:
+        fail(f"--mean-tokens and --gpu-flops must be > 0; got {mean_tokens:g} and {gpu_flops:g}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype must be float32, bfloat16 or float16; got {dtype!r}")
     try:
         typer.echo(format_plan(make_plan(config, n_items=n_items, mean_tokens=mean_tokens, dtype=dtype,
                                          gpu_flops=gpu_flops)))

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from .app import _first_line, app, console, err, fail, writable_path
+from .app import app, console
+from .checks import check_model, err, fail, writable_path
+from .checks import first_line as _first_line
 
 
 @app.command("fit")
@@ -38,12 +40,14 @@ def fit_cmd(
     from ..deploy import calibration_features, fit_from_study, fit_from_suite
 
     if not 0 < fpr < 1:
-        fail(f"--fpr must be in (0, 1), got {fpr}")
+        fail(f"--fpr must be between 0 and 1; got {fpr}")
     if calibration_items < 2:
         fail(f"--calibration-items must be >= 2, got {calibration_items}")
     if study_dir is None and (representation is None or detector is None):
         fail("without --study, pass --representation and --detector (e.g. kv-elu-S/n-hn@end and logistic)")
-    writable_path(out)
+    writable_path(out, folder=True)
+    if study_dir is None:
+        check_model(model)
     try:
         lm = None
         if study_dir is not None:
@@ -92,8 +96,17 @@ def score_cmd(
 
     if batch_size < 1 or chunk < 1:
         fail(f"--batch-size and --chunk must be >= 1 (got {batch_size} and {chunk})")
+    if out.suffix.lower() not in (".parquet", ".csv") or out.is_dir():
+        fail(f"--out {out}: give a .parquet or .csv file name")
+    if source != "-" and not Path(source).is_file():
+        fail(f"{source}: no such file; give a .jsonl, .csv, .parquet or text file of prompts, or - for stdin")
     try:
         det = Detector.load(detector)
+    except ValueError as e:
+        fail(_first_line(e))
+    check_model(model or det.model)
+    writable_path(out)
+    try:
         lm = kvstate.load_model(model or det.model, dtype=det.dtype)
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("scoring", total=None)

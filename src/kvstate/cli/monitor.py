@@ -9,7 +9,9 @@ import numpy as np
 import typer
 from rich.markup import escape
 
-from .app import _first_line, app, console, fail, writable_path
+from .app import app, console
+from .checks import at_least, check_model, fail, writable_path
+from .checks import first_line as _first_line
 
 
 @app.command("train-monitor")
@@ -33,16 +35,30 @@ def train_monitor(
     """
     from ..monitor import save_monitor
     from ..study import train_monitor as fit
+    from ..study.config import UNSUPERVISED
 
-    if not (study_dir / "store").exists():
+    if not (study_dir / "store").is_dir():
         fail(f"no stored states in {study_dir}; run `kvstate study -o {study_dir}` first")
-    writable_path(out)
+    if not 0 < fpr < 1:
+        fail(f"--fpr must be between 0 and 1; got {fpr}")
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    if detector not in UNSUPERVISED:
+        fail(f"--detector must be an unsupervised detector ({', '.join(UNSUPERVISED)}); got {detector!r}")
+    if (out / "monitor.json").exists() or (out.is_dir() and any(out.iterdir())):
+        if not (out / "monitor.json").is_file():
+            fail(f"{out} exists and is not a monitor folder; choose another --out")
+    writable_path(out, folder=True)
+    if per_sequence:
+        check_model(model)
     try:
         spec, det = fit(study_dir, model, suite, representation, detector=detector, fpr=fpr, per_sequence=per_sequence,
                         max_new_tokens=max_new_tokens)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         fail(_first_line(e))
-    save_monitor(out, spec, det)
+    try:
+        save_monitor(out, spec, det)
+    except OSError as e:
+        fail(f"cannot write the monitor to {out} ({e.strerror or e}); choose another --out")
     level = "per reply" if per_sequence else "per step"
     console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
                   f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
@@ -71,19 +87,32 @@ def monitor(
     """
     import kvstate
 
-    from ..monitor import Monitor, load_monitor
+    from ..monitor import Aggregator, Monitor, load_monitor
 
+    at_least("--every", every, 1)
+    at_least("--max-new-tokens", max_new_tokens, 1)
+    if not detector.is_dir():
+        fail(f"{detector} is not a detector or monitor folder{' (it is a file)' if detector.exists() else ''}; "
+             "make one with `kvstate fit` or `kvstate train-monitor`")
     try:
         spec, det = load_monitor(detector)
+    except (ValueError, KeyError, TypeError) as e:
+        fail(_first_line(e))
+    if stop and spec.threshold is None:
+        fail(f"--stop needs a threshold, and {detector} has none; calibrate one (kvstate fit --fpr 0.01, "
+             "or train-monitor --per-sequence) or leave out --stop")
+    try:
+        Aggregator(aggregate, alpha, window)
+    except ValueError as e:
+        fail(_first_line(e))
+    check_model(model)
+    try:
         lm = kvstate.load_model(model)
     except ValueError as e:
-        fail(str(e).splitlines()[0])
+        fail(_first_line(e))
     if spec.model and spec.model != lm.name:
         fail(f"the monitor was trained on {spec.model}, not {lm.name}; pass --model {spec.model}")
     thr = spec.threshold
-    if stop and thr is None:
-        fail(f"--stop needs a threshold, and {detector} has none; calibrate one (kvstate fit --fpr 0.01, "
-             "or train-monitor --per-sequence) or leave out --stop")
     tok = lm.tokenizer
 
     def show(step, token_ids, scores):

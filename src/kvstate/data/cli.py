@@ -88,9 +88,11 @@ def show_cmd(suite: str = typer.Argument(..., help="Suite name or .jsonl/.csv/.p
     """Print a few items of a suite with labels, splits and provenance."""
     console = Console(soft_wrap=True)
     try:
+        if n < 0:
+            raise ValueError(f"--n must be >= 0; got {n}")
         s = load_suite(suite, limit=limit, seed=seed)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc).strip().splitlines()[0])}")
         raise typer.Exit(2) from None
     console.print(f"[bold]{escape(s.name)}[/bold]: {len(s)} items, labels {s.label_counts()}, "
                   f"train {len(s.split('train'))} / test {len(s.split('test'))}")

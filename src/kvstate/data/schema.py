@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import warnings
 from collections import Counter
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .._io import atomic_write
 
 ROLES = ("system", "user", "assistant")
 TEST_FRACTION = 0.3
@@ -280,15 +281,11 @@ def write_suite(suite: Suite, path: Path) -> None:
     schema = pa.schema([("id", pa.string()), ("group", pa.string()), ("messages", pa.string()),
                         ("response", pa.string()), ("label", pa.int64()), ("source", pa.string()),
                         ("split", pa.string()), ("meta", pa.string())])
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(pa.table(rows, schema=schema), tmp))
     side = {"name": suite.name, "description": suite.description, "generation": suite.generation,
             "provenance": suite.provenance, "dropped": suite.dropped}
     sidecar = path.with_suffix(".json")
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False))
-    os.replace(tmp, sidecar)
+    atomic_write(sidecar, json.dumps(side, indent=1, ensure_ascii=False))
 
 
 def read_suite(path: Path) -> Suite:

@@ -56,7 +56,8 @@ class PCADetector(BaseDetector):
         n, d = Xs.shape
         k = _clip_components(self.n_components, n - 1, d - 1)
         k = k if isinstance(k, float) else max(k, 1)
-        self.pca_ = PCA(n_components=k, random_state=self.random_state).fit(Xs)
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant features: variance ratios 0/0, harmless
+            self.pca_ = PCA(n_components=k, random_state=self.random_state).fit(Xs)
         self.n_components_ = int(self.pca_.n_components_)
 
     def _score(self, Xs: NDArray[np.float64]) -> NDArray[np.float64]:

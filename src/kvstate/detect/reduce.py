@@ -134,7 +134,8 @@ class PCAReduce(TransformerMixin, BaseEstimator):
         k = self.n_components
         if isinstance(k, Integral) and not isinstance(k, bool):
             k = int(min(k, max(1, X.shape[0] // 2), X.shape[1]))
-        self.pca_ = PCA(n_components=k, whiten=self.whiten, random_state=self.random_state).fit(X)
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant features: variance ratios 0/0, harmless
+            self.pca_ = PCA(n_components=k, whiten=self.whiten, random_state=self.random_state).fit(X)
         self.n_components_ = int(self.pca_.n_components_)
         return self
 

@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
+from .._io import atomic_write
 from .base import BaseDetector
 from .reduce import PCAReduce, RandomProjection
 from .registry import get_detector
@@ -167,14 +168,22 @@ def detector_from_dict(data: dict[str, Any]) -> BaseDetector | Pipeline:
 def save_detector(detector: BaseDetector | Pipeline, path: str | PathLike[str]) -> None:
     """Write a fitted detector (or reducer + detector Pipeline) to one ``.safetensors`` file."""
     data = detector_to_dict(detector)
-    save_file(data["arrays"], str(path), metadata={"kvstate": json.dumps(data["meta"])})
+    atomic_write(path, lambda tmp: save_file(data["arrays"], str(tmp), metadata={"kvstate": json.dumps(data["meta"])}))
 
 
 def load_detector(path: str | PathLike[str]) -> BaseDetector | Pipeline:
     """Read what :func:`save_detector` wrote; scores are bit-identical."""
-    with safe_open(str(path), framework="np") as f:
-        header = f.metadata() or {}
-        if "kvstate" not in header:
-            raise ValueError(f"{path}: no kvstate metadata; not written by save_detector")
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
-    return detector_from_dict({"meta": json.loads(header["kvstate"]), "arrays": arrays})
+    try:
+        with safe_open(str(path), framework="np") as f:
+            header = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type and OSError
+        raise ValueError(f"{path}: not a readable detector file ({str(e).splitlines()[0]}); it may be truncated, "
+                         "re-create it with `kvstate train-monitor`") from None
+    if "kvstate" not in header:
+        raise ValueError(f"{path}: no kvstate metadata; not written by save_detector")
+    try:
+        return detector_from_dict({"meta": json.loads(header["kvstate"]), "arrays": arrays})
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a kvstate detector ({type(e).__name__}: {e}); "
+                         "re-create it with `kvstate train-monitor`") from None

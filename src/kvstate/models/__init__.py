@@ -7,12 +7,15 @@ from .core import (
                    QUANTIZATIONS,
                    LoadedModel,
                    ModelSpec,
+                   built_folder,
+                   check_model_folder,
                    from_hf,
                    list_models,
                    load_model,
+                   model_layers,
                    model_name,
                    resolve,
 )
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "MODELS", "QUANTIZATIONS", "LoadedModel", "ModelSpec", "from_hf", "list_models",
-           "load_model", "model_name", "resolve"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODELS", "QUANTIZATIONS", "LoadedModel", "ModelSpec", "built_folder",
+           "check_model_folder", "from_hf", "list_models", "load_model", "model_layers", "model_name", "resolve"]

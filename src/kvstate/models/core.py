@@ -9,6 +9,7 @@ let transformers dequantise it once, and cache the result as safetensors under
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -138,6 +139,69 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown model {str(name_or_path)!r}. Known: {', '.join(MODELS)} (or a local HF model folder)")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _weights_problem(file: Path) -> str | None:
+    """Why a safetensors file cannot be loaded (unreadable header, or shorter than its header says)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                return f"truncated or not a safetensors file ({size} bytes)"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"unreadable safetensors header ({type(e).__name__})"
+    if not isinstance(header, dict):
+        return "unreadable safetensors header"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if size < 8 + n + end:
+        return f"truncated: {size} of {8 + n + end} bytes"
+    return None
+
+
+def check_model_folder(path: str | Path) -> dict:
+    """Check a local model folder without loading its weights: config.json parses, a tokenizer is
+    there, every safetensors file is complete. Returns the config; one-line ``ValueError`` otherwise."""
+    from .._io import read_json
+
+    path = Path(path)
+    cfg = read_json(path / "config.json", "model config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path / 'config.json'}: not a model config (a JSON object); re-create the model folder")
+    fix = "re-save the model (or delete it from the kvstate cache so it is rebuilt)"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ValueError(f"{path}: no *.safetensors weights (kvstate loads no pickled weights); {fix}")
+    for file in weights:
+        problem = _weights_problem(file)
+        if problem:
+            raise ValueError(f"{file}: {problem}; {fix}")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ValueError(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); save one there with "
+                         "tokenizer.save_pretrained(folder)")
+    return cfg
+
+
+def built_folder(name_or_path: str | Path) -> Path | None:
+    """The local folder of a model without building anything: None for a registered model not built yet."""
+    if str(name_or_path) in MODELS:
+        target = _model_dir(str(name_or_path))
+        return target if (target / "config.json").exists() else None
+    return resolve(name_or_path)
+
+
+def model_layers(cfg: dict) -> int | None:
+    """The number of layers a config.json declares (text config of multimodal models too)."""
+    for c in (cfg, cfg.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(c.get(key), int):
+                return c[key]
+    return None
+
+
 def _gguf_file(spec: ModelSpec, work: Path) -> Path:
     """Assemble the GGUF from its parts (or find it in an installed package)."""
     if spec.installed_module and len(spec.parts) == 1:
@@ -204,10 +268,19 @@ def load_model(
         raise ValueError(f"unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}")
     extra = _placement_kwargs(device_map, max_memory, quantization, offload_folder, dtype)  # fail before loading
     path = resolve(name_or_path)
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES[dtype], trust_remote_code=False, attn_implementation="sdpa", **extra
-    )
+    check_model_folder(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - tokenizers raise many types; the message is one line here
+        raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}); "
+                         "save one there with tokenizer.save_pretrained(folder)") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=DTYPES[dtype], trust_remote_code=False, attn_implementation="sdpa", **extra
+        )
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: cannot load the model ({first[:200]}); re-save the model folder") from None
     if "device_map" not in extra:
         model = model.to(device)
     model.eval()

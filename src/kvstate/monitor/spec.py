@@ -81,7 +81,10 @@ def load_monitor(path: str | Path):
                          "make one with `kvstate fit` or `kvstate train-monitor`")
     doc = read_json(path / "monitor.json", "monitor file")
     try:
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
         spec = MonitorSpec(**doc)
-    except TypeError as e:
+        spec.rope  # noqa: B018 - the representation name must parse
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise ValueError(f"{path / 'monitor.json'}: not a monitor file ({e}); re-create it with `kvstate train-monitor`") from None
     return spec, load_detector(path / "detector.safetensors")

@@ -61,6 +61,21 @@ class StateRecorder(Recorder):
             self.out[key].append((S, z, n))
 
 
+def _check_selection(encoded, prompts, span: str, skip_first: int) -> None:
+    """Every prompt keeps at least one token (else its state is silently all zeros, with n = 0)."""
+    listed = prompts if isinstance(prompts, Sequence) and not isinstance(prompts, (str, dict)) else [prompts]
+    for i, e in enumerate(encoded):
+        if any(e.select(span, skip_first)):
+            continue
+        p = listed[i] if i < len(listed) else None
+        name = getattr(p, "id", None) or (p.get("id") if isinstance(p, dict) else None)
+        text = p if isinstance(p, str) else ""
+        label = f"prompt {i + 1}" + (f" ({name})" if name else f" ({text[:40]!r})" if text else "")
+        in_span = sum(e.select(span, 0))
+        raise ValueError(f"{label} has {len(e)} tokens, {in_span} of them in span {span!r}: skip_first={skip_first} "
+                         "leaves none for its state; lower skip_first or choose another span")
+
+
 def extract(
     lm: LoadedModel,
     prompts: Sequence[Any] | Any,
@@ -102,10 +117,13 @@ def extract(
     check_option("span", span, Span)
     if rope == "pre" and not has_rope(lm.model):
         raise UnsupportedModelError(f"{lm.name} has no rotary embedding, so its keys carry no RoPE: use rope='post'")
+    if not isinstance(skip_first, int) or skip_first < 0:
+        raise ValueError(f"skip_first must be an integer >= 0 (tokens dropped from the start); got {skip_first!r}")
     layer_list = check_layers(lm, layers)
     single = isinstance(phi, (str, FeatureMap, dict))
     phis = [get_phi(p) for p in ([phi] if single else phi)]
     encoded = encode_all(lm, prompts, chat)
+    _check_selection(encoded, prompts, span, skip_first)
     if reads is None:
         reads = ["prompt_end", "end"] if any(e.prompt_len < len(e) for e in encoded) else ["end"]
     for r in reads:

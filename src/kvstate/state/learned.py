@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .._io import atomic_write
 from ..capture.engine import Recorder, check_layers, encode_all, run
 from ..capture.hook import AttentionCall
 from ..capture.masks import causal_mask
@@ -205,7 +206,7 @@ class LearnedPhi(FeatureMap):
         for l, (W, b) in self.weights.items():
             tensors[f"W.{l}"], tensors[f"b.{l}"] = W.contiguous(), b.contiguous()
         meta = {**self.meta, "format": FORMAT, "layers": self.layers, "n_features": self.n_features}
-        save_file(tensors, str(path), metadata={"kvstate": json.dumps(meta, sort_keys=True)})
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(meta, sort_keys=True)}))
         self.path = str(path)
         return path
 

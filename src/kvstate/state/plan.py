@@ -47,7 +47,12 @@ def load_config(config: Mapping[str, Any] | str | Path) -> tuple[str, dict]:
         path = path / "config.json"
     if not path.is_file():
         raise ValueError(f"no config {str(config)!r}: give a config.json, a model folder or one of {', '.join(known)}")
-    return path.parent.name, json.loads(path.read_text())
+    from .._io import read_json
+
+    doc = read_json(path, "model config")
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a model config (a JSON object)")
+    return path.parent.name, doc
 
 
 def _shape(cfg: Mapping[str, Any]) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._io import atomic_write
 from .core import compress_state, compression_matrices, linear_attention, readout
 from .phi import get_phi
 
@@ -122,21 +123,20 @@ class KVState:
 
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file; metadata as JSON in its header. Written atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "layers": self.layers, "reads": self.reads, "phi": self.phi, "meta": self.meta}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"S": self.S.contiguous(), "z": self.z.contiguous(), "n": self.n.contiguous()}, str(tmp),
-                  metadata={"kvstate": json.dumps(header)})
-        tmp.replace(path)
-        return path
+        tensors = {"S": self.S.contiguous(), "z": self.z.contiguous(), "n": self.n.contiguous()}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(header)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "KVState":
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("kvstate")
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = (f.metadata() or {}).get("kvstate")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type and OSError
+            raise ValueError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); "
+                             "it may be truncated, re-create it with `kvstate extract`") from None
         if raw is None:
             raise ValueError(f"{path} is not a kvstate file (no kvstate header); save states with KVState.save")
         header = json.loads(raw)

@@ -379,12 +379,20 @@ class Store:
         for tmp in [*self.root.glob(f".*{_TMP}"), *self.shard_dir.glob(f".*{_TMP}")]:
             tmp.unlink(missing_ok=True)
         indexed = set(self._index["shard"])
+        orphans = []
         for path in sorted(self.shard_dir.iterdir()):
             if path.name in indexed:
                 continue
             meta = _read_shard_header(path.read_bytes()) if path.is_file() else None
             if meta is None or meta.get("settings_hash") != self.settings_hash:
                 raise StoreCorruptError(f"{path}: not a shard of this store (foreign file); delete it and rerun")
+            orphans.append(path)
+        if len(orphans) > 1 or (orphans and not (self.root / "index.parquet").exists()):
+            # one orphan is a killed writer's last shard; more (or no index at all) means the index was lost
+            warnings.warn(f"{self.root}: {len(orphans)} shard(s) are not in index.parquet"
+                          f"{' (the index is missing)' if not (self.root / 'index.parquet').exists() else ''}; "
+                          "they are deleted and their items recomputed", stacklevel=3)
+        for path in orphans:
             path.unlink()  # orphan: written, but the writer died before indexing it
         gone = sorted(s for s in indexed if not (self.shard_dir / s).exists())
         if gone:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 from .._options import Projection, check_option
+from ..detect import DETECTORS
 from ..monitor.aggregate import Aggregate
 
 __all__ = ["CORE", "EVALUATION_SETTINGS", "LENGTH_MATCHED_FOR", "SUPERVISED", "UNSUPERVISED", "Engine", "StudyConfig"]
@@ -57,11 +58,25 @@ class StudyConfig:
     ray_workers: int = 2
 
     def __post_init__(self):  # fail before any model is loaded
+        check_types(self)
         check_option("projection", self.projection, Projection)
         check_option("engine", self.engine, Engine)
         check_option("monitor_aggregate", self.monitor_aggregate, Aggregate)
-        if self.monitor_every < 1:
-            raise ValueError(f"monitor_every must be >= 1, got {self.monitor_every}")
+        for name, low in MINIMA.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                why = " (grouped cross-validation needs two folds)" if name == "n_splits" else ""
+                raise ValueError(f"{name} must be >= {low}{why}; got {value}")
+        if not 0 < self.monitor_fpr < 1:
+            raise ValueError(f"monitor_fpr must be between 0 and 1; got {self.monitor_fpr}")
+        for name in ("models", "suites", "phis", "detectors"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; name at least one (or leave it out for the default)")
+        if self.representations is not None and not self.representations:
+            raise ValueError("representations is empty; name at least one prefix (or leave it out for all)")
+        unknown = sorted(set(self.detectors) - set(DETECTORS))
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}. Available: {', '.join(sorted(DETECTORS))}")
 
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
@@ -69,6 +84,56 @@ class StudyConfig:
         base = dict(suites=["jailbreak", "truefalse", "sysprompt"], limit=84, n_boot=200, n_splits=4,
                     phis=["identity", "elu", "random"], max_new_tokens=24, max_tokens=384, monitor_items=16)
         return cls(**{**base, **overrides})
+
+
+#: the smallest value each numeric setting accepts
+MINIMA = {"limit": 1, "n_splits": 2, "n_boot": 1, "reduce_above": 1, "batch_size": 1, "chunk": 1,
+          "max_new_tokens": 1, "max_tokens": 1, "monitor_items": 0, "ray_workers": 1, "monitor_every": 1,
+          "calibration_items": 2}
+
+
+def _matches(value, tp) -> bool:
+    origin = get_origin(tp)
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return isinstance(value, str)  # which strings: check_option says
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_matches(value, t) for t in get_args(tp))
+    if origin is list:
+        (inner,) = get_args(tp)
+        return isinstance(value, list) and all(_matches(v, inner) for v in value)
+    if origin is dict:
+        key, val = get_args(tp)
+        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, val) for k, v in value.items())
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal or tp is str:
+        return "a string"
+    if origin is list:
+        return "a list of strings, e.g. [\"a\", \"b\"]"
+    if origin is dict:
+        return "a table of lists, e.g. {jailbreak = [\"jailbreak-pairs\"]}"
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        return " or ".join("null (left out)" if t is type(None) else _describe(t) for t in get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def check_types(cfg) -> None:
+    """Each setting has its declared type (a TOML typo like ``limit = "16"`` fails here, in one line)."""
+    hints = get_type_hints(type(cfg), globals())
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            got = "a string" if isinstance(value, str) else type(value).__name__
+            raise ValueError(f"{f.name} must be {_describe(hints[f.name])}; got {got} {value!r}")
 
 
 #: settings :func:`kvstate.study.evaluate_study` may change: they act on stored vectors only

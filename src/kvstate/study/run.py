@@ -15,19 +15,21 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._io import read_json, write_json
 from .._version import __version__
-from ..capture import check_layers
+from ..capture import check_layers, select_layers
 from ..data import Suite, load_suite
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, check_model_folder, load_model, model_layers, resolve
 from ..report import write_report
 from ..representations import RepresentationSettings
+from ..state import get_phi
 from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
 from .config import EVALUATION_SETTINGS, StudyConfig
-from .evaluate import TooFewGroups, best, evaluate_task
+from .evaluate import TooFewGroups, best, check_groups, evaluate_task
 from .fidelity import phi_fidelity
 from .generate import fit_context, replies
 from .monitor import evaluate_monitor
@@ -35,17 +37,64 @@ from .progress import log
 from .transfer import cross_suite, heldout_transfer
 from .types import HeldoutTransfer, SuiteData
 
-__all__ = ["evaluate_study", "run_study"]
+__all__ = ["evaluate_study", "run_study", "validate_study"]
+
+
+def validate_study(cfg: StudyConfig) -> dict:
+    """Check everything a study can check before model work; return its suites by label.
+
+    Suites load and hold enough groups per class for ``n_splits``-fold grouped CV (a generation
+    suite's labels are known only after the model replies, so there only its number of groups is
+    checked); each model folder has a config, a tokenizer and complete weights, and the layer
+    choices fit its config.json. Raises a one-line ``ValueError``.
+    """
+    for p in cfg.phis:
+        get_phi(p)
+    for m in cfg.models:
+        folder = resolve(m)
+        n_layers = model_layers(check_model_folder(folder))
+        if n_layers:
+            for what, spec in (("layers", cfg.layers), ("fidelity_layers", cfg.fidelity_layers or None)):
+                if spec is not None:
+                    try:
+                        select_layers(spec, n_layers)
+                    except ValueError as e:
+                        raise ValueError(f"{what}: {e} ({m})") from None
+    suites = {}
+    for name in cfg.suites:
+        suite = load_suite(name, limit=cfg.limit, seed=cfg.seed)
+        label = suite_label(name)
+        groups = np.array([it.group for it in suite.items])
+        fix = "use more items (a higher or no --limit) or more groups, or fewer n_splits"
+        if suite.generation:
+            if len(set(groups)) < 2:
+                raise ValueError(f"suite {label}: {len(set(groups))} group(s); grouped CV needs >= 2; {fix}")
+        else:
+            try:
+                check_groups(np.array([it.label for it in suite.items]), groups, cfg.n_splits)
+            except TooFewGroups as e:
+                raise ValueError(f"suite {label}: {e}; {fix}") from None
+        suites[label] = suite
+    check_transfer(cfg)
+    return suites
+
+
+def _keep_previous(layout: StudyLayout, results: dict) -> None:
+    """Never replace a results file or report with one that has no task: say why instead."""
+    if results["tasks"]:
+        return
+    why = "; ".join(results["meta"]["notes"]) or "no suite could be evaluated"
+    kept = "kept the previous results.json and report.html" if layout.results.exists() else "nothing written"
+    raise ValueError(f"no task was evaluated ({why}); {kept}")
 
 
 def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     """Run (or resume) a study and write report.html + results.json under ``out``."""
     out = Path(out)
     layout = StudyLayout(out)
+    suites = validate_study(cfg)  # before any model work or any file is written
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    suites = {suite_label(name): load_suite(name, limit=cfg.limit, seed=cfg.seed) for name in cfg.suites}  # validate first
-    check_transfer(cfg)
     results = {"meta": {"title": "kvstate study", "command": command, "kvstate_version": __version__,
                         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "models": cfg.models,
                         "suites": cfg.suites, "config": asdict(cfg), "notes": []},
@@ -83,18 +132,21 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
                         + f"; end-state study probe {mon['end_state_study_probe']['auroc']:.2f}")
                 except ValueError as e:
                     notes.append(f"{lm.name}/{suite_name}: monitor not evaluated, {e}")
-            top = best(task["table"], "kv-state"), best(task["table"], "activation")
-            log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {top[0]['auroc']:.3f}, "
-                f"activation {top[1]['auroc']:.3f}, length alone {task['length_control']['length_auroc']:.3f}")
+            top = [best(task["table"], fam) for fam in ("kv-state", "activation")]
+            kv, act = (f"{t['auroc']:.3f}" if t else "not evaluated" for t in top)  # a representation filter may drop one
+            log(f"  done in {task['seconds']} s: best unsupervised kv-state AUROC {kv}, "
+                f"activation {act}, length alone {task['length_control']['length_auroc']:.3f}")
             write_json(layout.results, results, sort_keys=True)
         for rep, block in cross_suite(per_suite, cfg).items():
             results["transfer"][f"{lm.name} | {rep}"] = block
         results["heldout"].update(run_heldout(lm, per_suite, results["tasks"], layout, cfg, settings, notes))
-        write_json(layout.results, results, sort_keys=True)
+        if results["tasks"]:  # never replace a results file with one that has no task
+            write_json(layout.results, results, sort_keys=True)
         if cfg.fidelity_layers:
             results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg)
         log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
         del lm
+    _keep_previous(layout, results)
     write_report(results, out)
     return results
 
@@ -179,7 +231,16 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         raise ValueError(f"{unknown} change what is captured, not how it is evaluated; re-run `kvstate study` "
                          f"(evaluation settings: {', '.join(EVALUATION_SETTINGS)})")
     results = read_json(path, "study results file")
-    cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    if not (isinstance(results, dict) and isinstance(results.get("meta"), dict)
+            and isinstance(results["meta"].get("config"), dict) and isinstance(results.get("tasks"), dict)):
+        raise ValueError(f"{path}: not a study results file (no meta.config or tasks); "
+                         f"re-run `kvstate study -o {out}` to write one")
+    try:
+        cfg = StudyConfig(**{**results["meta"]["config"], **{k: v for k, v in overrides.items() if v is not None}})
+    except TypeError as e:
+        raise ValueError(f"{path}: meta.config is not a study config ({e}); re-run `kvstate study -o {out}`") from None
+    if not results["tasks"]:
+        raise ValueError(f"{path}: has no task to re-evaluate; re-run `kvstate study -o {out}`")
     sources = {suite_label(n): n for n in cfg.suites}
     per_model: dict[str, dict] = {}
     for key, task in results["tasks"].items():
