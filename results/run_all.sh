@@ -14,5 +14,9 @@ case "${1:-all}" in
   gemma3-270m) run gemma3-270m 120 float32 -c results/configs/no-taylor.toml ;;
   qwen2.5-0.5b) run qwen2.5-0.5b 120 float32 ;;
   qwen2.5-1.5b) run qwen2.5-1.5b 60 bfloat16 -c results/configs/no-taylor.toml ;;
+  transfer-*)  # round 2: held-out transfer, benign thresholds, prefix monitors (results/configs/transfer.toml)
+    m="${1#transfer-}"
+    .venv/bin/kvstate study -c results/configs/transfer.toml --models "$m" --limit 120 -o "runs/results/transfer-$m"
+    mkdir -p "results/transfer-$m" && cp "runs/results/transfer-$m/report.html" "runs/results/transfer-$m/results.json" "results/transfer-$m/" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac
