@@ -141,6 +141,18 @@ def test_protocol_rejects_bad_requests_in_one_line():
     assert e.value.status == 404
 
 
+def test_cli_fails_in_one_line_before_starting_ray(tmp_path):
+    from typer.testing import CliRunner
+
+    from kvstate.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "-d", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "not a monitor folder" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["serve", "-d", str(tmp_path), "--replicas", "0"])
+    assert res.exit_code == 2 and "--replicas must be at least 1" in res.output
+    assert not ray.is_initialized()
+
+
 def test_models_health_and_non_streamed_reply(server, folders):
     c = _client(server)
     assert [m.id for m in c.models.list().data] == ["tiny-llama"]
