@@ -141,6 +141,40 @@ def test_protocol_rejects_bad_requests_in_one_line():
     assert e.value.status == 404
 
 
+def test_engine_scores_every_nth_token_and_equals_the_solo_monitor(folders):
+    from kvstate.serve import check_prompt, run_batch
+
+    lm, spec, det = folders["lm"], folders["spec"], folders["det"]
+    msgs = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
+    reqs = [{"messages": m, "max_tokens": b, "prompt_tokens": n}
+            for m, (n, b) in zip(msgs, [check_prompt(lm, m, k, 64) for m, k in zip(msgs, (3, 6, 5))])]
+    for every in (1, 2):
+        events = [[] for _ in reqs]
+        run_batch(lm, spec, det, reqs, lambda per, out=events: [out[i].extend(e) for i, e in enumerate(per)], every=every)
+        for ev, m, r in zip(events, msgs, reqs):
+            scores = [e["score"] for e in ev if e["type"] == "token"]
+            assert len(scores) == r["max_tokens"] and ev[-1]["type"] == "end" and ev[-1]["finish_reason"] == "length"
+            ref = Monitor(lm, spec, det, every=every).generate([m], max_new_tokens=r["max_tokens"]).scores[0]
+            assert [s is None for s in scores] == list(np.isnan(ref))
+            np.testing.assert_allclose([s for s in scores if s is not None], ref[~np.isnan(ref)], atol=1e-4)
+    with pytest.raises(ValueError, match="context of 256"):
+        check_prompt(lm, [{"role": "user", "content": "a" * 300}], None, 64)
+
+
+def test_streamed_text_waits_for_a_whole_utf8_character():
+    from kvstate.serve import RowState
+
+    tok = byte_tokenizer()
+    ids = tok("é!", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 3  # two bytes of é, then !
+    row = RowState(tok, max_tokens=10, prompt_tokens=1, eos={257}, threshold=0.5, stop=True, batch_size=1)
+    texts = [ev["text"] for t, i in enumerate(ids) for ev in row.step(t, i, 0.1)]
+    assert texts == ["", "é", "!"]
+    end = row.step(3, 70, 0.9)  # over the threshold: returned, then content_filter
+    assert [e["type"] for e in end] == ["token", "end"] and end[1]["finish_reason"] == "content_filter"
+    assert end[1]["stopped_at"] == 3 and end[1]["aggregate"] == 0.9 and row.step(4, 70, 0.1) == []
+
+
 def test_cli_fails_in_one_line_before_starting_ray(tmp_path):
     from typer.testing import CliRunner
 

@@ -22,6 +22,7 @@ def serve(
     max_batch_size: int = typer.Option(8, help="most concurrent requests generated together per replica"),
     batch_wait_ms: float = typer.Option(20.0, help="how long a batch waits for more requests"),
     max_tokens: int = typer.Option(64, help="completion length when a request sets none"),
+    every: int = typer.Option(1, help="score every n tokens (the others carry score null; cheaper)"),
     cpus_per_replica: float = typer.Option(1.0, help="Ray CPUs each model replica reserves"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
 ) -> None:
@@ -40,12 +41,13 @@ def serve(
         from ..serve.app import build_app, run_server
     except ImportError as e:
         fail(f"serving needs Ray Serve ({e.name} is missing): pip install 'kvstate[serve]'")
-    for name, value in (("--replicas", replicas), ("--max-batch-size", max_batch_size), ("--max-tokens", max_tokens)):
+    for name, value in (("--replicas", replicas), ("--max-batch-size", max_batch_size), ("--max-tokens", max_tokens),
+                        ("--every", every)):
         if value < 1:
             fail(f"{name} must be at least 1, got {value}")
     try:
         application = build_app(detector, model, replicas=replicas, stop=stop, max_batch_size=max_batch_size,
-                                batch_wait_s=batch_wait_ms / 1000, default_max_tokens=max_tokens,
+                                batch_wait_s=batch_wait_ms / 1000, default_max_tokens=max_tokens, every=every,
                                 cpus_per_replica=cpus_per_replica)
     except ValueError as e:
         fail(_first_line(e))

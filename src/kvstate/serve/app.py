@@ -55,10 +55,13 @@ class MonitorModel:
         False serves the model without the state (a baseline for benchmarks).
     threads : int or None
         torch intra-op threads in this replica.
+    every : int
+        Score every n-th token (cheaper; the others carry ``score: null``).
     """
 
     def __init__(self, monitor_dir: str, model: str | None = None, *, stop: bool = True, max_batch_size: int = 8,
-                 batch_wait_s: float = 0.02, default_max_tokens: int = 64, monitor: bool = True, threads: int | None = None):
+                 batch_wait_s: float = 0.02, default_max_tokens: int = 64, monitor: bool = True, threads: int | None = None,
+                 every: int = 1):
         import torch
 
         from ..models import load_model
@@ -69,7 +72,7 @@ class MonitorModel:
         self.spec, self.detector = load_monitor(monitor_dir)
         self.lm = load_model(model or self.spec.model or "smollm2-135m")
         self.stop = bool(stop and self.spec.threshold is not None and monitor)
-        self.monitor, self.default_max_tokens = monitor, default_max_tokens
+        self.monitor, self.default_max_tokens, self.every = monitor, default_max_tokens, every
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_s)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvstate-generate")
@@ -103,7 +106,8 @@ class MonitorModel:
 
         def work() -> None:
             try:
-                run_batch(self.lm, self.spec, self.detector, reqs, emit, stop=self.stop, monitor=self.monitor)
+                run_batch(self.lm, self.spec, self.detector, reqs, emit, stop=self.stop, monitor=self.monitor,
+                          every=self.every)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 
@@ -218,7 +222,7 @@ class Gateway:
 
 def build_app(monitor_dir: str | Path, model: str | None = None, *, replicas: int = 1, stop: bool = True,
               max_batch_size: int = 8, batch_wait_s: float = 0.02, default_max_tokens: int = 64,
-              cpus_per_replica: float = 1.0, threads: int | None = None, monitor: bool = True):
+              cpus_per_replica: float = 1.0, threads: int | None = None, monitor: bool = True, every: int = 1):
     """The Serve application (gateway + model replicas), ready for ``serve.run``.
 
     Parameters
@@ -229,7 +233,7 @@ def build_app(monitor_dir: str | Path, model: str | None = None, *, replicas: in
         Model name or folder (default: the monitor's model, else smollm2-135m).
     replicas : int
         Model replicas (Serve's ``num_replicas``).
-    stop, max_batch_size, batch_wait_s, default_max_tokens, threads, monitor
+    stop, max_batch_size, batch_wait_s, default_max_tokens, threads, monitor, every
         See :class:`MonitorModel`.
     cpus_per_replica : float
         Ray CPUs each model replica reserves.
@@ -241,6 +245,8 @@ def build_app(monitor_dir: str | Path, model: str | None = None, *, replicas: in
         raise ValueError(f"replicas must be at least 1, got {replicas}")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
     spec, _ = load_monitor(monitor_dir)  # a bad folder fails here in one line, not in a replica's log
     name = model_name(model or spec.model or "smollm2-135m")
     if spec.model and model and spec.model != name:
@@ -248,7 +254,8 @@ def build_app(monitor_dir: str | Path, model: str | None = None, *, replicas: in
     replica = MonitorModel.options(num_replicas=replicas, max_ongoing_requests=max(2 * max_batch_size, 16),
                                    ray_actor_options={"num_cpus": cpus_per_replica})
     inner = replica.bind(str(Path(monitor_dir).resolve()), model, stop=stop, max_batch_size=max_batch_size,
-                         batch_wait_s=batch_wait_s, default_max_tokens=default_max_tokens, monitor=monitor, threads=threads)
+                         batch_wait_s=batch_wait_s, default_max_tokens=default_max_tokens, monitor=monitor, threads=threads,
+                         every=every)
     return Gateway.bind(inner, name)
 
 

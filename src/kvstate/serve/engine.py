@@ -151,7 +151,7 @@ def _plain_generate(lm: LoadedModel, prompts: Sequence[list[dict]], max_new_toke
 
 
 def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[dict], emit: Emit, *,
-              stop: bool = False, monitor: bool = True) -> None:
+              stop: bool = False, monitor: bool = True, every: int = 1) -> None:
     """Generate a batch of requests together and ``emit`` each step's new events, per row.
 
     Parameters
@@ -167,6 +167,8 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
         End a row at its first flagged token (needs ``spec.threshold``).
     monitor : bool
         False: plain greedy generation without the state, for a baseline (scores are None).
+    every : int
+        Score every n-th token (the state is still updated every token; other tokens' scores are None).
     """
     B = len(requests)
     eos = eos_ids(lm)
@@ -180,7 +182,7 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
     prompts = [r["messages"] for r in requests]
     longest = max(r["max_tokens"] for r in requests)
     if monitor:
-        Monitor(lm, spec, detector, stop=stop and thr is not None, on_step=on_step).generate(prompts, max_new_tokens=longest)
+        Monitor(lm, spec, detector, every=every, stop=stop and thr is not None, on_step=on_step).generate(prompts, max_new_tokens=longest)
     else:
         _plain_generate(lm, prompts, longest, on_step)
     emit([[] if row.ended else [row.end("length")] for row in rows])  # generation may end before a row's own limit
