@@ -4,7 +4,8 @@ Two Serve applications on one local Ray cluster, loopback only: ``mon`` (the mon
 state + detector per token, like ``kvstate serve``) and ``base`` (the same gateway, batching and
 greedy generation, without the state). Each concurrency level runs a bounded number of streamed
 requests against each application in turn (base, mon, then again, so that drifting machine load
-hits both alike); a warm-up request per application is not counted. The monitor is a realistic
+hits both alike); a warm-up request per application is not counted. ``--variants every4,sparse``
+adds columns for cheaper monitors (score every 4th token; a sparse projection). The monitor is a realistic
 default: kv-elu-S/n-hn on the upper 3 layers with the study's 2048-d projection and a Mahalanobis
 detector (fitted on seeded noise of the right dimension: the cost does not depend on what it learned).
 
@@ -42,12 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="base/mon alternations per level")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--variants", default="", help="extra monitor columns: every4 (score every 4th token), "
+                   "sparse (sparse JL projection instead of the dense one), comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
 
-def make_monitor(model: str, folder: Path, seed: int) -> str:
+def make_monitor(model: str, folder: Path, seed: int, projection: str = "gaussian") -> str:
     """A monitor folder for ``model``: the study's default kv read-out and a Mahalanobis detector."""
     from kvstate.capture import select_layers
     from kvstate.detect import get_detector
@@ -57,14 +60,14 @@ def make_monitor(model: str, folder: Path, seed: int) -> str:
 
     lm = load_model(model)
     layers = select_layers("upper3", lm.num_layers)
-    spec = MonitorSpec("kv-elu-S/n-hn", list(layers), {"name": "elu"}, RepresentationSettings(layers=tuple(layers)).to_dict(),
+    spec = MonitorSpec("kv-elu-S/n-hn", list(layers), {"name": "elu"}, RepresentationSettings(layers=tuple(layers), projection=projection).to_dict(),
                        model=lm.name)
     mon = Monitor(lm, spec)
     mon.generate([PROMPTS[0]], max_new_tokens=1)
     dim = mon.features().shape[1]
     det = get_detector("mahalanobis").fit(np.random.default_rng(seed).normal(size=(2 * dim, dim)))
     save_monitor(folder, spec, det)
-    return f"{spec.representation} layers {list(layers)} ({dim}-d), mahalanobis"
+    return f"{spec.representation} layers {list(layers)} ({dim}-d, {projection} projection), mahalanobis"
 
 
 def one_stream(client, model: str, prompt: str, max_tokens: int) -> dict:
@@ -112,10 +115,22 @@ def main(argv=None) -> dict:
     from kvstate.serve.app import build_app
 
     levels = [int(c) for c in args.concurrency.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - {"every4", "sparse"}
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; use every4, sparse")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        monitor_desc = make_monitor(args.model, Path(tmp) / "mon", args.seed)
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        monitors = {"gaussian": make_monitor(args.model, Path(tmp) / "gaussian", args.seed)}
+        if "sparse" in variants:
+            monitors["sparse"] = make_monitor(args.model, Path(tmp) / "sparse", args.seed, "sparse")
+        # mode -> (monitor folder, monitor on, every)
+        modes = {"base": ("gaussian", False, 1), "mon": ("gaussian", True, 1)}
+        if "every4" in variants:
+            modes["mon-every4"] = ("gaussian", True, 4)
+        if "sparse" in variants:
+            modes["mon-sparse"] = ("sparse", True, 1)
+        ray.init(num_cpus=2 + len(modes), include_dashboard=False, log_to_driver=False)
         try:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -123,32 +138,42 @@ def main(argv=None) -> dict:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             common = dict(replicas=1, stop=False, max_batch_size=args.max_batch_size, batch_wait_s=0.02,
                           default_max_tokens=args.max_tokens, cpus_per_replica=1)
-            for name, monitor in (("base", False), ("mon", True)):
-                serve.run(build_app(Path(tmp) / "mon", args.model, monitor=monitor, **common), name=name, route_prefix=f"/{name}")
+            for k, (folder, monitor, every) in modes.items():
+                serve.run(build_app(Path(tmp) / folder, args.model, monitor=monitor, every=every, **common), name=k,
+                          route_prefix=f"/{k}")
             name = model_name(args.model)
             clients = {k: openai.OpenAI(base_url=f"http://127.0.0.1:{port}/{k}/v1", api_key="none", max_retries=0, timeout=300)
-                       for k in ("base", "mon")}
+                       for k in modes}
             for cl in clients.values():  # warm-up, not counted
                 one_stream(cl, name, PROMPTS[0], 4)
             results = {}
             for c in levels:
-                runs = {"base": [], "mon": []}
+                runs = {k: [] for k in modes}
                 for _ in range(args.rounds):
-                    for k in ("base", "mon"):
+                    for k in modes:  # interleaved, so that drifting load hits every column alike
                         runs[k].append(run_level(clients[k], name, c, c * args.requests, args.max_tokens))
-                base, mon = summarize(runs["base"]), summarize(runs["mon"])
-                overhead = 1 - mon["tokens_per_s"] / base["tokens_per_s"]
-                results[str(c)] = {"without_monitor": base, "with_monitor": mon, "throughput_overhead": round(overhead, 4)}
-                print(f"c={c:>2}: {base['tokens_per_s']:7.1f} tok/s without, {mon['tokens_per_s']:7.1f} with the monitor "
-                      f"({100 * overhead:+.1f}% overhead); p50/p95 latency {base['latency_p50_s']}/{base['latency_p95_s']} s "
-                      f"vs {mon['latency_p50_s']}/{mon['latency_p95_s']} s", flush=True)
+                summary = {k: summarize(v) for k, v in runs.items()}
+                base = summary["base"]
+                entry = {"without_monitor": base, "with_monitor": summary["mon"]}
+                for k in modes:
+                    if k not in ("base", "mon"):
+                        entry[k] = summary[k]
+                entry["throughput_overhead"] = {k: round(1 - summary[k]["tokens_per_s"] / base["tokens_per_s"], 4)
+                                                for k in modes if k != "base"}
+                results[str(c)] = entry
+                line = ", ".join(f"{k} {summary[k]['tokens_per_s']:.1f} ({100 * entry['throughput_overhead'][k]:+.1f}%)"
+                                 for k in modes if k != "base")
+                print(f"c={c:>2}: base {base['tokens_per_s']:.1f} tok/s; {line}; p50/p95 latency "
+                      + ", ".join(f"{k} {summary[k]['latency_p50_s']}/{summary[k]['latency_p95_s']} s" for k in modes), flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()
     out = {
         "what": "streamed chat completions through kvstate serve (Ray Serve, loopback), greedy, fixed max_tokens",
-        "model": args.model, "monitor": monitor_desc, "concurrency": levels, "max_tokens": args.max_tokens,
+        "model": args.model, "monitors": monitors,
+        "modes": {k: {"monitor_folder": f, "monitor": m, "every": e} for k, (f, m, e) in modes.items()}, "concurrency": levels, "max_tokens": args.max_tokens,
         "requests_per_level_per_mode": [c * args.requests * args.rounds for c in levels], "rounds": args.rounds,
+        "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "max_batch_size": args.max_batch_size, "goal": "throughput overhead <= 5%",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                     "loadavg_before": [round(x, 2) for x in load_before],

@@ -269,6 +269,7 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     assert r.choices[0].finish_reason == "length" and len(r.kvstate["scores"]) == 3
 
 
+@pytest.mark.slow
 def test_killed_replica_ends_the_stream_with_an_error_event_and_is_restarted(server, folders):
     serve.run(build_app(folders["mon"], folders["model"], replicas=1, stop=False, **server["common"]),
               name="fault", route_prefix="/fault")

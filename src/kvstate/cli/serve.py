@@ -51,6 +51,11 @@ def serve(
                                 cpus_per_replica=cpus_per_replica)
     except ValueError as e:
         fail(_first_line(e))
+    from ..monitor import load_monitor
+
+    if stop and load_monitor(detector)[0].threshold is None:
+        console.print("[yellow]note:[/] the monitor has no threshold: replies are scored but never flagged or stopped "
+                      "(calibrate one with `kvstate train-monitor --fpr`)")
     ray.init(address=address, include_dashboard=False)
     try:
         run_server(application, host=host, port=port)

@@ -144,7 +144,7 @@ class Gateway:
 
     def __init__(self, model: DeploymentHandle, model_name: str):
         self.model, self.model_name = model, model_name
-        self.threshold = None
+        self.threshold, self._known = None, False  # the replicas' threshold, asked once
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
@@ -165,11 +165,10 @@ class Gateway:
             req = P.parse_chat_request(await request.body(), self.model_name).to_dict()
         except P.RequestError as e:
             return _error(e)
-        if self.threshold is None:
-            info = await self.model.info.remote()
-            self.threshold = info["threshold"]
-        gen = self.model.generate.options(stream=True).remote(req)
         try:
+            if not self._known:
+                self.threshold, self._known = (await self.model.info.remote())["threshold"], True
+            gen = self.model.generate.options(stream=True).remote(req)
             first = await gen.__anext__()
         except StopAsyncIteration:
             return JSONResponse(P.error_body("the model replica returned nothing; retry the request", "server_error"), 500)
