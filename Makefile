@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 $(BIN)/kvstate: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,ray]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,ray,serve]'
 	touch $(BIN)/kvstate
 
 install: $(BIN)/kvstate

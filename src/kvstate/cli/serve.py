@@ -1,0 +1,71 @@
+"""`kvstate serve`: the monitor behind an OpenAI-compatible streaming endpoint on Ray Serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import _first_line, app, console, fail
+
+
+@app.command()
+def serve(
+    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model name or HF folder (default: the monitor's)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, help="HTTP port"),
+    replicas: int = typer.Option(1, help="model replicas (Ray Serve num_replicas)"),
+    stop: bool = typer.Option(True, "--stop/--no-stop", help="end a reply at its first flagged token "
+                              "(finish_reason content_filter); needs a calibrated threshold"),
+    max_batch_size: int = typer.Option(8, help="most concurrent requests generated together per replica"),
+    batch_wait_ms: float = typer.Option(20.0, help="how long a batch waits for more requests"),
+    max_tokens: int = typer.Option(64, help="completion length when a request sets none"),
+    every: int = typer.Option(1, help="score every n tokens (the others carry score null; cheaper)"),
+    cpus_per_replica: float = typer.Option(1.0, help="Ray CPUs each model replica reserves"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)"),
+) -> None:
+    """Serve a model with its monitor: POST /v1/chat/completions (streamed or not), GET /v1/models, GET /health.
+
+    Every streamed chunk carries the token's monitor score in a top-level "kvstate" field; see docs/serving.md.
+
+    Example:
+
+      kvstate serve -d monitors/sysprompt --port 8000 --replicas 2
+    """
+    try:
+        import ray
+        from ray import serve as ray_serve
+
+        from ..serve.app import build_app, run_server
+    except ImportError as e:
+        fail(f"serving needs Ray Serve ({e.name} is missing): pip install 'kvstate[serve]'")
+    for name, value in (("--replicas", replicas), ("--max-batch-size", max_batch_size), ("--max-tokens", max_tokens),
+                        ("--every", every)):
+        if value < 1:
+            fail(f"{name} must be at least 1, got {value}")
+    try:
+        application = build_app(detector, model, replicas=replicas, stop=stop, max_batch_size=max_batch_size,
+                                batch_wait_s=batch_wait_ms / 1000, default_max_tokens=max_tokens, every=every,
+                                cpus_per_replica=cpus_per_replica)
+    except ValueError as e:
+        fail(_first_line(e))
+    from ..monitor import load_monitor
+
+    if stop and load_monitor(detector)[0].threshold is None:
+        console.print("[yellow]note:[/] the monitor has no threshold: replies are scored but never flagged or stopped "
+                      "(calibrate one with `kvstate train-monitor --fpr`)")
+    ray.init(address=address, include_dashboard=False)
+    try:
+        run_server(application, host=host, port=port)
+        console.print(f"[green]serving[/] http://{host}:{port}/v1 (chat/completions, models) and /health; Ctrl-C stops")
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
