@@ -178,6 +178,13 @@ CASES: dict[str, list[list[str]]] = {
         ["score", P, "-d", "{root}/det", "-m", M, "-o", "{root}/dir"], ["score", P, "-d", "{root}/det", "-m", M, "-o", "{root}/o.txt"],
         ["score", P, "-d", "{root}/det", "-m", M, "--batch-size", "0"], ["score", P, "-d", "{root}/det", "-m", M, "--chunk", "0"],
         ["score", P, "-d", "{root}/det", "-m", "{root}/missing"], ["score", P, "-d", "{root}/det", "-m", T], ["score", "-d", "{root}/det"]],
+    "serve": [
+        ["serve", "-d", "{root}/missing"], ["serve", "-d", "{root}/dir"], ["serve", "-d", "{root}/file.txt"],
+        ["serve", "-d", "{root}/mon_json"], ["serve", "-d", "{root}/det_trunc"], ["serve", "-d", "{root}/mon", "-m", "{root}/missing"],
+        ["serve", "-d", "{root}/mon", "-m", M, "--port", "0"], ["serve", "-d", "{root}/mon", "-m", M, "--port", "abc"],
+        ["serve", "-d", "{root}/mon", "-m", M, "--replicas", "0"], ["serve", "-d", "{root}/mon", "-m", M, "--max-batch-size", "0"],
+        ["serve", "-d", "{root}/mon", "-m", M, "--max-tokens", "-1"], ["serve", "-d", "{root}/mon", "-m", M, "--every", "0"],
+        ["serve", "-d", "{root}/mon", "-m", M, "--cpus-per-replica", "0"], ["serve"]],
 }
 FLAT = [(cmd, args) for cmd, cases in CASES.items() for args in cases]
 

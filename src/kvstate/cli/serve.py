@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
-from .app import _first_line, app, console, fail
+from .app import app, console
+from .checks import check_model, fail
+from .checks import first_line as _first_line
 
 
 @app.command()
 def serve(
-    detector: Path = typer.Option(..., "--detector", "-d", help="monitor folder from train-monitor"),
+    detector: Path = typer.Option(..., "--detector", "-d", help="detector folder (kvstate fit) or monitor folder (train-monitor)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model name or HF folder (default: the monitor's)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, help="HTTP port"),
@@ -45,6 +47,12 @@ def serve(
                         ("--every", every)):
         if value < 1:
             fail(f"{name} must be at least 1, got {value}")
+    if not 0 < port < 65536:
+        fail(f"--port must be between 1 and 65535, got {port}")
+    if batch_wait_ms < 0 or cpus_per_replica <= 0:
+        fail(f"--batch-wait-ms must be >= 0 and --cpus-per-replica > 0 (got {batch_wait_ms} and {cpus_per_replica})")
+    if model is not None:
+        check_model(model)  # before Ray starts: the replicas would only fail later
     try:
         application = build_app(detector, model, replicas=replicas, stop=stop, max_batch_size=max_batch_size,
                                 batch_wait_s=batch_wait_ms / 1000, default_max_tokens=max_tokens, every=every,

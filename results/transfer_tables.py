@@ -1,0 +1,64 @@
+"""Round-2 tables from results/transfer-<model>/results.json (printed as Markdown).
+
+    .venv/bin/python results/transfer_tables.py > results/transfer.md
+
+Table 1, held-out transfer: each family's probe and unsupervised detector, chosen on the training
+suite's grouped CV only, fitted on all of it, scored on another dataset of the same task; TPR and the
+realised FPR at a threshold set at 1% FPR on benign chat. Table 2, live monitors on held-out items.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _ci(auc, ci) -> str:
+    if auc is None:
+        return "–"
+    return f"{auc:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+
+
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def main(folders: list[Path]) -> None:
+    found = [(f.name.removeprefix("transfer-"), json.loads((f / "results.json").read_text())) for f in folders
+             if (f / "results.json").exists()]
+    print("Held-out transfer (train on one suite, test on another dataset of the same task; threshold at 1% FPR on "
+          "benign-chat prompts; choice of representation and detector on the training suite only).")
+    print()
+    print("| model | train -> test | family | detector kind | representation, detector | in distribution [CI] | "
+          "transfer AUROC [CI] | length-matched | TPR @ 1% benign FPR | FPR realised | test length AUROC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m, res in found:
+        for key, block in (res.get("heldout") or {}).items():
+            for r in block["rows"]:
+                print(f"| {m} | {key.split('/', 1)[1]} | {r['family']} | {'probe' if r['supervised'] else 'unsupervised'} | "
+                      f"`{r['representation']}` {r['detector']} | {_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | "
+                      f"{_ci(r['auroc'], r['auroc_ci'])} | {_f(r['length_matched_auroc'])} | {_f(r['tpr_at_benign_fpr'])} | "
+                      f"{_f(r['fpr_realised'])} | {_f(block['length_auroc'])} |")
+    print()
+    print("Live monitors on held-out items (per-reply AUROC of the streaming aggregate; threshold at 1% FPR on "
+          "benign-chat replies).")
+    print()
+    print("| model | suite | monitor | AUROC [CI] | TPR @ 1% benign FPR | FPR realised | median tokens to flag | "
+          "end-state study probe |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m, res in found:
+        for key, mon in (res.get("monitor") or {}).items():
+            if "rows" not in mon:
+                continue
+            ref = mon["end_state_study_probe"]
+            for r in mon["rows"]:
+                print(f"| {m} | {key.split('/', 1)[1]} | {r['monitor']} | {_ci(r['auroc'], r['auroc_ci'])} | "
+                      f"{_f(r['tpr_at_benign_fpr'])} | {_f(r['fpr_realised'])} | {_f(r['median_tokens_to_flag'])} | "
+                      f"{_ci(ref['auroc'], ref['auroc_ci'])} |")
+
+
+if __name__ == "__main__":
+    main([Path(p) for p in sys.argv[1:]] or sorted(HERE.glob("transfer-*")))
