@@ -119,7 +119,7 @@ def test_every_section_present(report):
         assert needle in html, needle
     assert html.count('<section class="task"') == 4
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(imgs) == 4 * 3 + 2 + 2  # roc+hist+sweep per task, transfer per model, fidelity per model
+    assert len(imgs) == 1 + 4 * 3 + 2 + 2  # headline forest, roc+hist+sweep per task, transfer per model, fidelity per model
     assert all(len(b) > 2000 for b in imgs)
     # self-contained: nothing fetched from anywhere
     assert not re.search(r'(src|href)="(?!data:|#)', html)

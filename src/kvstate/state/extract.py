@@ -62,10 +62,12 @@ class StateRecorder(Recorder):
 
 
 def _check_selection(encoded, prompts, span: str, skip_first: int) -> None:
-    """Every prompt keeps at least one token (else its state is silently all zeros, with n = 0)."""
+    """``skip_first`` must leave every prompt at least one of its span's tokens (else its state is
+    silently all zeros, with n = 0). A span a prompt does not have (``"response"`` on a prompt without
+    a reply) is a legitimately empty state, with n = 0 recorded."""
     listed = prompts if isinstance(prompts, Sequence) and not isinstance(prompts, (str, dict)) else [prompts]
     for i, e in enumerate(encoded):
-        if any(e.select(span, skip_first)):
+        if any(e.select(span, skip_first)) or not any(e.select(span, 0)):
             continue
         p = listed[i] if i < len(listed) else None
         name = getattr(p, "id", None) or (p.get("id") if isinstance(p, dict) else None)
