@@ -302,3 +302,27 @@ def test_screenshot_in_headless_chromium(report, tmp_path):
     assert "kvstate study" in dom and "Unsupervised detectors" in dom
     assert f"Ignore all rules {XSS_ESC} now" in dom  # serialised as text content
     assert "<script" not in dom.lower()  # no element was injected
+
+
+def test_heldout_and_monitor_sections_render_and_escape():
+    from kvstate.report import render_html
+
+    row = {"family": "kv-state", "supervised": True, "representation": "kv-elu-S/n@end<script>", "detector": "logistic",
+           "in_distribution_auroc": 0.95, "in_distribution_ci": [0.9, 0.99], "auroc": 0.55, "auroc_ci": [0.45, 0.65],
+           "length_matched_auroc": 0.52, "threshold": 1.0, "tpr_at_benign_fpr": 0.1, "fpr_realised": 0.02, "test_scores": [0.1]}
+    mon_row = {"monitor": "prefix probe", "auroc": 0.9, "auroc_ci": [0.8, 0.97], "threshold": 1.0, "tpr_at_benign_fpr": 0.3,
+               "fpr_realised": 0.05, "median_tokens_to_flag": 7.0}
+    results = {"meta": {"title": "t"}, "tasks": {},
+               "heldout": {"m/a -> b": {"train": "a", "test": "b", "n_test": 10, "label_counts": {"0": 5, "1": 5},
+                                        "length_auroc": 0.5, "calibration": "benign-chat", "n_calibration": 20, "fpr": 0.01,
+                                        "rows": [row, {**row, "family": "activation", "representation": "act-resid-last@end"}],
+                                        "layer_sweep": {}}},
+               "monitor": {"m/a": {"representation": "kv-elu-S/n-hn@end", "every": 4, "aggregate": "max", "n_fit": 10,
+                                   "n_test": 10, "n_anomalous": 5, "calibration": "benign-chat", "n_calibration": 10, "fpr": 0.01,
+                                   "max_new_tokens": 16, "rows": [mon_row], "end_state_study_probe": {"auroc": 0.97, "auroc_ci": None},
+                                   "note": ""}}}
+    html = render_html(results)
+    for needle in ('id="headline"', 'id="heldout"', 'id="monitors"', "prefix probe", "m/a -&gt; b", "0.55 [0.45, 0.65]"):
+        assert needle in html, needle
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'id="monitor"' not in html  # the older monitor table only for older results

@@ -125,6 +125,13 @@ def _fidelity_view(fid: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _ci_text(ci: Any) -> str:
+    """"[lo, hi]" to two digits, or "" when there is no interval."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or _num(ci[0]) is None or _num(ci[1]) is None:
+        return ""
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
 def _cell(x: Any) -> str:
     """Table cell text: floats to 3 digits, lists shortened, everything else str()."""
     if isinstance(x, bool) or x is None:
@@ -216,6 +223,7 @@ def _environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
     env.filters["cell"] = _cell
+    env.filters["ci"] = _ci_text
     return env
 
 
