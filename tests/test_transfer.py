@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kvstate.cli import app
 from kvstate.deploy import Detector
+from kvstate.detect import detector_name
 from kvstate.study import StudyConfig, run_study
 
 REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "act-resid-last", "ctl-length", "ctl-bow"]
@@ -50,7 +51,7 @@ def _benign(path: Path, n: int = 16) -> Path:
 
 def _cfg(root: Path, test: Path) -> StudyConfig:
     return StudyConfig(models=[str(root / "tiny-llama")], suites=[str(root / "alpha.jsonl")], limit=None, n_splits=3, n_boot=50,
-                       phis=["identity", "elu"], detectors=["mahalanobis", "logistic"], all_detectors_for=REPS, chunk=8,
+                       phis=["identity", "elu"], detectors=["mahalanobis", "pca", "knn", "logistic"], all_detectors_for=REPS, chunk=8,
                        batch_size=4, layers="all", representations=REPS, monitor_items=0, fidelity_layers=None,
                        transfer={"alpha": [str(test)]}, calibration_suite=str(root / "benign.jsonl"), calibration_items=16,
                        transfer_fpr=0.1)
@@ -101,7 +102,7 @@ def test_fit_then_score_equals_the_study(study, tmp_path):
     row = next(r for r in res["heldout"]["tiny-llama/alpha -> gamma"]["rows"] if r["family"] == "kv-state" and r["supervised"])
     det_dir = tmp_path / "det"
     r = runner.invoke(app, ["fit", "--study", str(root / "run"), "--suite", "alpha", "-m", str(root / "tiny-llama"),
-                            "--representation", row["representation"], "--detector", row["detector"].rsplit("+", 1)[-1],
+                            "--representation", row["representation"], "--detector", detector_name(row["detector"]),
                             "--calibration", "benign", "--fpr", "0.1", "-o", str(det_dir)])
     assert r.exit_code == 0, r.output
     det = Detector.load(det_dir)

@@ -12,6 +12,7 @@ from .._io import read_json
 from ..capture import check_layers
 from ..capture.generate import generate_replies
 from ..data import Suite, load_suite
+from ..detect import detector_name
 from ..models import LoadedModel, model_name
 from ..representations import RepresentationSettings, capture_representations
 from ..store import Store, StudyLayout, suite_label
@@ -52,7 +53,7 @@ def fit_from_study(study_dir: str | Path, model: str, suite: str, *, representat
         if row is None:
             raise ValueError(f"{name}/{label} has no {'supervised' if supervised else 'unsupervised'} {family} row")
         representation = representation or row["representation"]
-        detector = detector or row["detector"].rsplit("+", 1)[-1]
+        detector = detector or detector_name(row["detector"])
     store = Store(layout.store(name, label))
     index, arrays = store.load()
     if representation not in arrays:

@@ -27,7 +27,7 @@ from .mahalanobis import MahalanobisDetector
 from .pca import PCADetector
 from .query_probe import QueryProbe, pack_states, probe_scores
 from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_detector, make_reducer, reduce_if_wide
-from .registry import DETECTORS, get_detector, is_supervised
+from .registry import DETECTORS, detector_name, get_detector, is_supervised
 from .repe_pca import RepEPCADetector
 from .serialize import detector_from_dict, detector_to_dict, load_detector, save_detector
 
@@ -46,6 +46,7 @@ __all__ = [
     "QueryProbe",
     "RepEPCADetector",
     "detector_from_dict",
+    "detector_name",
     "detector_pipeline",
     "detector_to_dict",
     "get_detector",

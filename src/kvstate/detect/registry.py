@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -16,7 +17,7 @@ from .mahalanobis import MahalanobisDetector
 from .pca import PCADetector
 from .repe_pca import RepEPCADetector
 
-__all__ = ["DETECTORS", "get_detector", "is_supervised"]
+__all__ = ["DETECTORS", "detector_name", "get_detector", "is_supervised"]
 
 _CLASSES: tuple[type[BaseDetector], ...] = (
     MahalanobisDetector,
@@ -46,3 +47,16 @@ def is_supervised(estimator: Any) -> bool:
     """True if the estimator (or a Pipeline's final step) needs labels to fit."""
     final = getattr(estimator, "_final_estimator", estimator)
     return bool(getattr(final, "supervised", False))
+
+
+def detector_name(descriptor: str) -> str:
+    """The registry name inside an evaluation row's detector descriptor.
+
+    >>> detector_name("pca64+mahalanobis"), detector_name("pca64+pca0.9"), detector_name("logistic")
+    ('mahalanobis', 'pca', 'logistic')
+    """
+    last = str(descriptor).rsplit("+", 1)[-1]
+    for name in (last, re.sub(r"[0-9.]+$", "", last)):  # a pipeline step carries its n_components
+        if name in DETECTORS:
+            return name
+    raise KeyError(f"no registered detector in {descriptor!r}. Available: {', '.join(sorted(DETECTORS))}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..deploy import choose
-from ..detect import threshold_for_fpr
+from ..detect import detector_name, threshold_for_fpr
 from ..evaluate import bootstrap_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
 from ..representations import RepName
 from .config import StudyConfig
@@ -65,7 +65,7 @@ def _length_matched_auroc(test: SuiteData, s: np.ndarray, seed: int) -> float | 
 def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
     """The chosen detector fitted on every training item (probes) or every normal one."""
     X = train.arrays[row["representation"]]
-    det = make_detector(row["detector"].rsplit("+", 1)[-1], X.shape[1], cfg)  # "pca64+mahalanobis" -> mahalanobis
+    det = make_detector(detector_name(row["detector"]), X.shape[1], cfg)
     return fit_clone(det, X, train.y)
 
 
