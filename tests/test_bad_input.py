@@ -313,6 +313,7 @@ def test_pca_on_constant_representation_is_quiet():
         warnings.simplefilter("error")
         scores = get_detector("pca").fit(X).score_samples(X)
         PCAReduce(n_components=4).fit(X)
+        get_detector("repe_pca").fit(np.ones((30, 8)), np.r_[np.zeros(15, int), np.ones(15, int)])  # TruncatedSVD too
     assert np.isfinite(scores).all()
 
 

@@ -84,5 +84,6 @@ def _first_singular_vector(A: NDArray[np.float64], rng: np.random.RandomState) -
     if min(A.shape) <= 2:  # tiny: exact SVD is cheap and TruncatedSVD needs room
         w = np.linalg.svd(A, full_matrices=False)[2][0]
     else:
-        w = TruncatedSVD(n_components=1, n_iter=7, random_state=rng).fit(A).components_[0]
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant features: variance ratios 0/0, harmless
+            w = TruncatedSVD(n_components=1, n_iter=7, random_state=rng).fit(A).components_[0]
     return w / np.linalg.norm(w)
