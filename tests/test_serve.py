@@ -181,7 +181,7 @@ def test_cli_fails_in_one_line_before_starting_ray(tmp_path):
     from kvstate.cli import app
 
     res = CliRunner().invoke(app, ["serve", "-d", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and "not a monitor folder" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "not a monitor or detector folder" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["serve", "-d", str(tmp_path), "--replicas", "0"])
     assert res.exit_code == 2 and "--replicas must be at least 1" in res.output
     assert not ray.is_initialized()
