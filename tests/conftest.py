@@ -82,6 +82,16 @@ def tiny_model(arch: str):
     return from_hf(model, byte_tokenizer(), name=f"tiny-{arch}")
 
 
+def tree_hash(root) -> dict:
+    """Every file under ``root`` by its sha256 (folders as "dir"): "no existing output changed" checks."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
 def tiny_model_folder(folder, arch: str = "llama"):
     """A tiny random model saved as a local HF folder (what a user passes as --model)."""
     lm = tiny_model(arch)

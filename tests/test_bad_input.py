@@ -6,14 +6,13 @@ replaced by a worse one, and every failure is one line on stderr that names the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from conftest import tiny_model_folder, tree_hash
 from typer.testing import CliRunner
 
 from kvstate.cli import app
@@ -32,18 +31,9 @@ def one_line_error(res, *needles: str) -> str:
     return err
 
 
-def tree_hash(root: Path) -> dict:
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(root.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(root / "tiny")
-    lm.tokenizer.save_pretrained(root / "tiny")
-    return root / "tiny"
+    return tiny_model_folder(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def _suite(path: Path, n: int = 16) -> Path:

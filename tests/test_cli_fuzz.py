@@ -6,14 +6,13 @@ stderr, no traceback, and no file under the sandbox changed (hashed before and a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import tiny_model_folder, tree_hash
 from typer.testing import CliRunner
 
 from kvstate.cli import app
@@ -33,9 +32,7 @@ def sandbox(tmp_path_factory) -> Path:
     from kvstate.monitor import MonitorSpec, save_monitor
 
     root = tmp_path_factory.mktemp("fuzz")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(root / "m")
-    lm.tokenizer.save_pretrained(root / "m")
+    tiny_model_folder(root / "m")
     shutil.copytree(root / "m", root / "trunc")
     w = (root / "trunc" / "model.safetensors").read_bytes()
     (root / "trunc" / "model.safetensors").write_bytes(w[: len(w) // 2])
@@ -77,11 +74,6 @@ def sandbox(tmp_path_factory) -> Path:
     (root / "splits1.toml").write_text(f'[study]\nn_splits = 1\nmodels = ["{root / "m"}"]\nsuites = ["{root / "p.jsonl"}"]\n')
     (root / "unknown_key.toml").write_text("[study]\nlimt = 4\n")
     return root
-
-
-def tree_hash(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
 
 
 M, T = "{root}/m", "{root}/trunc"
