@@ -11,7 +11,7 @@ import numpy as np
 from .._io import read_json
 from ..capture import check_layers
 from ..capture.generate import generate_replies
-from ..data import Suite, load_suite
+from ..data import Suite, load_suite, own_replies
 from ..detect import detector_name
 from ..models import LoadedModel, model_name
 from ..representations import RepresentationSettings, capture_representations
@@ -68,8 +68,11 @@ def fit_from_study(study_dir: str | Path, model: str, suite: str, *, representat
 def _with_replies(lm: LoadedModel, suite: Suite, *, max_new_tokens: int, batch_size: int) -> Suite:
     if not suite.generation:
         return suite
-    got = generate_replies(lm, suite.items, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-    return suite.label_with({it.id: r for it, r in zip(suite.items, got)}, strict=True)
+    def generate(prompts):
+        return generate_replies(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+
+    # own_replies also orders multi-turn histories and probe questions, as the study does
+    return suite.label_with(own_replies(suite, generate), strict=True)
 
 
 def fit_from_suite(lm: LoadedModel, suite: str, representation: str, detector: str, *, layers: str = "upper3",

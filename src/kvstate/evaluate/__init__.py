@@ -17,8 +17,8 @@ from .cv import (
                  shuffled_label_control,
                  transfer_matrix,
 )
-from .metrics import METRICS, bootstrap_ci, metrics
+from .metrics import METRICS, auroc_ci, bootstrap_ci, metrics
 
-__all__ = ["METRICS", "EvalResult", "bootstrap_ci", "comparison_table", "confound_warnings", "evaluate_detector",
+__all__ = ["METRICS", "EvalResult", "auroc_ci", "bootstrap_ci", "comparison_table", "confound_warnings", "evaluate_detector",
            "evaluate_length_matched", "fit_clone", "length_matched_indices", "metrics", "selection_corrected",
            "shuffled_label_control", "transfer_matrix"]

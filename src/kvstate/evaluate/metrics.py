@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-__all__ = ["METRICS", "bootstrap_ci", "metrics"]
+__all__ = ["METRICS", "auroc_ci", "bootstrap_ci", "metrics"]
 
 MetricFn = Callable[[NDArray[Any], NDArray[np.float64]], float]
 
@@ -146,3 +146,13 @@ def bootstrap_ci(y: ArrayLike, scores: ArrayLike, metric: str | MetricFn = "auro
         raise ValueError("every bootstrap draw lost a class; too few groups")
     lo, hi = np.quantile(np.asarray(stats), [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(lo), float(hi)
+
+
+def auroc_ci(y: ArrayLike, scores: ArrayLike, *, n_boot: int = 1000, seed: int = 0,
+             groups: ArrayLike | None = None) -> tuple[float, list[float] | None]:
+    """AUROC and its grouped bootstrap CI as ``[lo, hi]``, or None when too few groups remain to resample."""
+    auc = metrics(y, scores)["auroc"]
+    try:
+        return auc, list(bootstrap_ci(y, scores, "auroc", n_boot=n_boot, seed=seed, groups=groups))
+    except ValueError:
+        return auc, None

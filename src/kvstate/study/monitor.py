@@ -23,12 +23,13 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..data import Suite
-from ..detect import make_detector, threshold_for_fpr
-from ..evaluate import bootstrap_ci, fit_clone, metrics
+from ..detect import threshold_for_fpr
+from ..evaluate import auroc_ci, fit_clone
 from ..models import LoadedModel
 from ..monitor import Aggregator, MonitorSpec, PrefixStates, prefix_states, spec_from_parts
 from ..representations import RepresentationSettings
 from .config import StudyConfig
+from .evaluate import make_detector
 from .progress import Stage
 from .types import MonitorEvaluation, SuiteData
 
@@ -82,22 +83,17 @@ def evaluate_monitor(lm: LoadedModel, data: SuiteData, settings: RepresentationS
     y_fit, y_test = y[fit_idx], y[test_idx]
     X_end = arrays[rep]
     monitors = {
-        "prefix probe": (fit_clone(make_detector("logistic", train.X.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed),
-                                   train.X, y_fit[train.row]), lambda st: st.X),
-        "end-state probe": (fit_clone(make_detector("logistic", X_end.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed),
-                                      X_end[fit_idx], y_fit), lambda st: st.X),
-        "unsupervised (end states)": (fit_clone(make_detector("mahalanobis", X_end.shape[1], reduce_above=cfg.reduce_above,
-                                                              seed=cfg.seed), X_end[fit_idx], y_fit), lambda st: st.X),
-        "position control": (fit_clone(make_detector("logistic", 2), _position(train), y_fit[train.row]), _position),
+        "prefix probe": (fit_clone(make_detector("logistic", train.X.shape[1], cfg), train.X, y_fit[train.row]),
+                         lambda st: st.X),
+        "end-state probe": (fit_clone(make_detector("logistic", X_end.shape[1], cfg), X_end[fit_idx], y_fit), lambda st: st.X),
+        "unsupervised (end states)": (fit_clone(make_detector("mahalanobis", X_end.shape[1], cfg), X_end[fit_idx], y_fit),
+                                      lambda st: st.X),
+        "position control": (fit_clone(make_detector("logistic", 2, cfg), _position(train), y_fit[train.row]), _position),
     }
     rows = []
     for name, (est, feats) in monitors.items():
         final, running = _per_reply(test, est.decision_function(feats(test)), cfg)
-        auc = metrics(y_test, final)["auroc"]
-        try:
-            ci = list(bootstrap_ci(y_test, final, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups[test_idx]))
-        except ValueError:
-            ci = None
+        auc, ci = auroc_ci(y_test, final, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups[test_idx])
         row = {"monitor": name, "auroc": auc, "auroc_ci": ci, "threshold": None, "tpr_at_benign_fpr": None,
                "fpr_realised": None, "median_tokens_to_flag": None}
         if benign is not None and len(benign.texts) >= 2:
@@ -109,17 +105,14 @@ def evaluate_monitor(lm: LoadedModel, data: SuiteData, settings: RepresentationS
                        fpr_realised=float(flagged[y_test == 0].mean()),
                        median_tokens_to_flag=float(np.median(first)) if first else None)
         rows.append(row)
-    ref = fit_clone(make_detector("logistic", X_end.shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed), X_end[fit_idx], y_fit)
-    ref_scores = ref.decision_function(X_end[test_idx])
-    try:
-        ref_ci = list(bootstrap_ci(y_test, ref_scores, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups[test_idx]))
-    except ValueError:
-        ref_ci = None
+    ref = fit_clone(make_detector("logistic", X_end.shape[1], cfg), X_end[fit_idx], y_fit)
+    ref_auc, ref_ci = auroc_ci(y_test, ref.decision_function(X_end[test_idx]), n_boot=cfg.n_boot, seed=cfg.seed,
+                               groups=groups[test_idx])
     return {"representation": rep, "every": cfg.monitor_every, "aggregate": cfg.monitor_aggregate,
             "n_fit": int(len(fit_idx)), "n_test": int(len(test_idx)), "n_anomalous": int(y_test.sum()),
             "calibration": calibration.name if calibration is not None else None,
             "n_calibration": int(len(benign.texts)) if benign is not None else 0, "fpr": cfg.monitor_fpr,
             "max_new_tokens": cfg.max_new_tokens, "rows": rows,
-            "end_state_study_probe": {"auroc": metrics(y_test, ref_scores)["auroc"], "auroc_ci": ref_ci},
+            "end_state_study_probe": {"auroc": ref_auc, "auroc_ci": ref_ci},
             "note": "per-reply score = the streaming aggregate of step scores; threshold at fpr of benign-chat replies; "
                     "median tokens to flag over flagged anomalous replies"}

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..deploy import choose
 from ..detect import detector_name, threshold_for_fpr
-from ..evaluate import bootstrap_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
+from ..evaluate import auroc_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
 from ..representations import RepName
 from .config import StudyConfig
 from .evaluate import make_detector
@@ -41,15 +41,6 @@ def cross_suite(per_suite: dict[str, SuiteData | None], cfg: StudyConfig) -> dic
 
 # ----------------------------------------------------------------------------------- held-out datasets
 FAMILIES = ("kv-state", "activation", "control")
-
-
-def _auroc_ci(y: np.ndarray, s: np.ndarray, groups: np.ndarray, cfg: StudyConfig) -> tuple[float, list[float] | None]:
-    auc = metrics(y, s)["auroc"]
-    try:
-        ci = list(bootstrap_ci(y, s, "auroc", n_boot=cfg.n_boot, seed=cfg.seed, groups=groups))
-    except ValueError:  # too few groups to resample
-        ci = None
-    return auc, ci
 
 
 def _length_matched_auroc(test: SuiteData, s: np.ndarray, seed: int) -> float | None:
@@ -88,7 +79,7 @@ def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib:
                 continue
             est = fit_choice(train, row, cfg)
             s = np.asarray(est.decision_function(test.arrays[row["representation"]]), dtype=float)
-            auc, ci = _auroc_ci(y, s, groups, cfg)
+            auc, ci = auroc_ci(y, s, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)
             out = {"family": fam, "supervised": supervised, "representation": row["representation"],
                    "detector": row["detector"], "in_distribution_auroc": row["auroc"],
                    "in_distribution_ci": [row["auroc_lo"], row["auroc_hi"]], "auroc": auc, "auroc_ci": ci,
