@@ -192,6 +192,7 @@ def test_orphan_shard_and_temp_files_cleaned(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "_write_index", real)
     assert len(list((tmp_path / "shards").glob("*.safetensors"))) == 2
     (tmp_path / "shards/.abc.safetensors.123.tmp").write_bytes(b"partial")
+    (tmp_path / "shards/.tmpAb12Cd").write_bytes(b"partial")  # safetensors' own temp file, before its rename
     store = Store.open(tmp_path, SETTINGS)
     assert len(list((tmp_path / "shards").iterdir())) == 1 and len(store) == 4
     assert store.missing([r["item_key"] for r in rows]) == [r["item_key"] for r in rows[4:]]

@@ -103,6 +103,12 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _is_temp(name: str) -> bool:
+    """A writer's temporary file: ours (``.<name>.<pid>.<id>.tmp``) or the one safetensors itself
+    writes before renaming onto our temporary name (``.tmpXXXXXX``, Rust's tempfile crate)."""
+    return name.startswith(".") and (name.endswith(_TMP) or name.startswith(_TMP))
+
+
 def _read_shard_header(data: bytes) -> dict[str, Any] | None:
     """The kvstate JSON from a safetensors header, or None if the bytes are not a kvstate shard."""
     try:
@@ -376,8 +382,10 @@ class Store:
 
         Called under the lock, so no live writer owns any of these files.
         """
-        for tmp in [*self.root.glob(f".*{_TMP}"), *self.shard_dir.glob(f".*{_TMP}")]:
-            tmp.unlink(missing_ok=True)
+        for folder in (self.root, self.shard_dir):
+            for tmp in folder.iterdir():
+                if _is_temp(tmp.name):
+                    tmp.unlink(missing_ok=True)
         indexed = set(self._index["shard"])
         orphans = []
         for path in sorted(self.shard_dir.iterdir()):
