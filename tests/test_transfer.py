@@ -17,7 +17,7 @@ from kvstate.deploy import Detector
 from kvstate.detect import detector_name
 from kvstate.study import StudyConfig, run_study
 
-REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "act-resid-last", "ctl-length", "ctl-bow"]
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "act-resid-last", "ctl-length", "ctl-bow"]
 TOPICS = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
 runner = CliRunner()
 
@@ -54,7 +54,7 @@ def _cfg(root: Path, test: Path) -> StudyConfig:
                        phis=["identity", "elu"], detectors=["mahalanobis", "pca", "knn", "logistic"], all_detectors_for=REPS, chunk=8,
                        batch_size=4, layers="all", representations=REPS, monitor_items=0, fidelity_layers=None,
                        transfer={"alpha": [str(test)]}, calibration_suite=str(root / "benign.jsonl"), calibration_items=16,
-                       transfer_fpr=0.1)
+                       transfer_fpr=0.1, decays=[0.9], compress=[4, 4])
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,29 @@ def test_scrambled_test_labels_change_no_choice(study, tmp_path):
     a, b = res["heldout"]["tiny-llama/alpha -> gamma"], again["heldout"]["tiny-llama/alpha -> gamma"]
     assert pick(a) == pick(b)
     assert [r["auroc"] for r in a["rows"]] != [r["auroc"] for r in b["rows"]]  # the test labels did change
+    assert [(r["option"], r["representation"]) for r in a["ablation"]] == [(r["option"], r["representation"]) for r in b["ablation"]]
+
+
+def test_ablation_rows_are_each_options_training_cv_choice(study):
+    root, res = study
+    block = res["heldout"]["tiny-llama/alpha -> gamma"]
+    options = {r["option"]: r for r in block["ablation"]}
+    assert {"plain S/n", "decay 0.9", "compressed A S B^T", "head-normalised", "activation (best)", "control: BoW",
+            "control: length"} <= set(options)
+    table = res["tasks"]["tiny-llama/alpha"]["table"]
+    from kvstate.representations import kv_option
+
+    for option, r in options.items():
+        if option in ("plain S/n", "decay 0.9", "compressed A S B^T", "head-normalised"):
+            group = [t for t in table if t["detector"] == "logistic" and t["representation"].endswith("@end")
+                     and t["representation"].startswith("kv-") and kv_option(t["representation"]) == option]
+            best = max(group, key=lambda t: (t["auroc"], t["representation"]))
+            assert r["representation"] == best["representation"] and r["in_distribution_auroc"] == best["auroc"]
+        assert 0.0 <= r["auroc"] <= 1.0 and r["auroc_ci"][0] <= r["auroc"] <= r["auroc_ci"][1]
+        assert r["threshold"] is not None and 0.0 <= r["tpr_at_benign_fpr"] <= 1.0
+    kv = next(r for r in block["rows"] if r["family"] == "activation" and r["supervised"])
+    if kv["detector"] == "logistic":  # the family's choice is the ablation's activation row when both are logistic
+        assert options["activation (best)"]["representation"] == kv["representation"]
 
 
 def test_fit_then_score_equals_the_study(study, tmp_path):

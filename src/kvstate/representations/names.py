@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["FAMILIES", "KV_KINDS", "RepName", "family", "parse_kv_name"]
+__all__ = ["FAMILIES", "KV_KINDS", "RepName", "family", "kv_option", "parse_kv_name"]
 
 #: name prefix -> family, the unit the study compares (KV state vs activations vs controls)
 FAMILIES = {"kv": "kv-state", "sweep-kv": "kv-state", "act": "activation", "sweep-resid": "activation", "ctl": "control"}
@@ -107,3 +107,25 @@ def parse_kv_name(name: str) -> tuple[str, str]:
         return n.phi, n.readout
     raise ValueError(f"{name!r} is not a state read-out a monitor can rebuild; use kv-<phi>-<kind> with kind in "
                      f"{', '.join(KV_KINDS)}")
+
+
+#: kv read-out -> the state option it tests (the ablation groups of the transfer stage)
+KV_OPTIONS = {"S/n": "plain S/n", "S/n-hn": "head-normalised", "S/n-content": "content tokens only",
+              "S/n-pre": "pre-RoPE keys", "S/n-pre-content": "pre-RoPE, content tokens", "ASB/n": "compressed A S B^T",
+              "dS/n": "span delta (reply only)", "attn": "own-query read-out", "S|z|": "S/|z|", "svals": "top singular values"}
+
+
+def kv_option(name: str) -> str | None:
+    """The state option a kv name tests (``"decay 0.9"`` for ``kv-elu-S/n-decay0.9@end``), else None.
+
+    >>> kv_option("kv-elu-S/n-decay0.99@end"), kv_option("kv-identity-ASB/n"), kv_option("act-resid-last")
+    ('decay 0.99', 'compressed A S B^T', None)
+    """
+    n = RepName.parse(name)
+    if n.prefix != "kv":
+        return None
+    if n.phi in ("attnw", "h2o", "hier"):
+        return f"KV-cache {n.phi}"
+    if n.readout.startswith("S/n-decay"):
+        return "decay " + n.readout.removeprefix("S/n-decay")
+    return KV_OPTIONS.get(n.readout, n.readout)

@@ -8,6 +8,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from .._options import Projection, check_option
 from ..detect import DETECTORS
 from ..monitor.aggregate import Aggregate
+from ..representations import RepresentationSettings
 
 __all__ = ["CORE", "EVALUATION_SETTINGS", "LENGTH_MATCHED_FOR", "SUPERVISED", "UNSUPERVISED", "Engine", "StudyConfig"]
 
@@ -37,6 +38,9 @@ class StudyConfig:
     n_boot: int = 500
     reduce_above: int = 512  # unsupervised detectors see PCA-64 (fitted per fold) above this dim
     projection: Projection = "gaussian"  # stored vectors above 2048 dims: "gaussian" or "sparse" (a ~60x cheaper live monitor)
+    decays: list[float] = field(default_factory=list)  # also record decayed states S_gamma for these gammas
+    compress: list[int] = field(default_factory=list)  # [a, b]: also record the compressed state A S B^T
+    deltas: bool = False  # also record the reply's own state dS/n (needs replies)
     dtype: str = "float32"
     batch_size: int = 8
     chunk: int = 32  # items per store shard (the unit of resumption)
@@ -62,6 +66,7 @@ class StudyConfig:
         check_option("projection", self.projection, Projection)
         check_option("engine", self.engine, Engine)
         check_option("monitor_aggregate", self.monitor_aggregate, Aggregate)
+        RepresentationSettings(decays=tuple(self.decays), compress=tuple(self.compress))  # their checks, before any work
         for name, low in MINIMA.items():
             value = getattr(self, name)
             if value is not None and value < low:

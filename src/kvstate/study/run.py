@@ -104,7 +104,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         t_model = time.perf_counter()
         lm = load_model(model_name, dtype=cfg.dtype)
         settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
-                                          projection=cfg.projection)
+                                          projection=cfg.projection, decays=tuple(cfg.decays),
+                                          compress=tuple(cfg.compress), deltas=cfg.deltas)
         per_suite: dict[str, SuiteData | None] = {}
         benign = (load_suite(cfg.calibration_suite, limit=cfg.monitor_items, seed=cfg.seed)
                   if cfg.calibration_suite and cfg.monitor_items > 0 and cfg.monitor_suites else None)

@@ -12,7 +12,7 @@ import numpy as np
 from ..deploy import choose
 from ..detect import detector_name, threshold_for_fpr
 from ..evaluate import auroc_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
-from ..representations import RepName
+from ..representations import RepName, kv_option
 from .config import StudyConfig
 from .evaluate import make_detector
 from .types import HeldoutTransfer, SuiteData, TaskResult, TransferBlock
@@ -60,6 +60,24 @@ def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
     return fit_clone(det, X, train.y)
 
 
+def _transfer_row(train: SuiteData, row: dict, test: SuiteData, calib: SuiteData | None,
+                  cfg: StudyConfig) -> tuple[dict, np.ndarray]:
+    """One training-CV choice fitted on all training items and scored on the test suite: AUROC with
+    a grouped bootstrap CI, and TPR / realised FPR at the threshold set on benign chat."""
+    rep = row["representation"]
+    est = fit_choice(train, row, cfg)
+    s = np.asarray(est.decision_function(test.arrays[rep]), dtype=float)
+    auc, ci = auroc_ci(test.y, s, n_boot=cfg.n_boot, seed=cfg.seed, groups=test.groups)
+    out = {"representation": rep, "in_distribution_auroc": row["auroc"],
+           "in_distribution_ci": [row["auroc_lo"], row["auroc_hi"]], "auroc": auc, "auroc_ci": ci,
+           "threshold": None, "tpr_at_benign_fpr": None, "fpr_realised": None}
+    if calib is not None and rep in calib.arrays:
+        thr = threshold_for_fpr(np.asarray(est.decision_function(calib.arrays[rep]), dtype=float), cfg.transfer_fpr)
+        out.update(threshold=thr, tpr_at_benign_fpr=float((s[test.y == 1] > thr).mean()),
+                   fpr_realised=float((s[test.y == 0] > thr).mean()))
+    return out, s
+
+
 def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib: SuiteData | None,
                      cfg: StudyConfig) -> HeldoutTransfer:
     """Train on one suite, test on another of the same task, threshold on benign chat.
@@ -70,32 +88,49 @@ def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib:
     on the benign calibration prompts, whose ``1 - transfer_fpr`` quantile is the threshold: the
     test suite's TPR and FPR at that threshold are what a deployment would see.
     """
-    y, groups = test.y, test.groups
+    y = test.y
     rows = []
     for supervised in (True, False):
         for fam in FAMILIES:
             row = choose(task["table"], fam, supervised)
             if row is None or row["representation"] not in test.arrays:
                 continue
-            est = fit_choice(train, row, cfg)
-            s = np.asarray(est.decision_function(test.arrays[row["representation"]]), dtype=float)
-            auc, ci = auroc_ci(y, s, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)
-            out = {"family": fam, "supervised": supervised, "representation": row["representation"],
-                   "detector": row["detector"], "in_distribution_auroc": row["auroc"],
-                   "in_distribution_ci": [row["auroc_lo"], row["auroc_hi"]], "auroc": auc, "auroc_ci": ci,
-                   "length_matched_auroc": _length_matched_auroc(test, s, cfg.seed),
-                   "threshold": None, "tpr_at_benign_fpr": None, "fpr_realised": None, "test_scores": s.tolist()}
-            if calib is not None and row["representation"] in calib.arrays:
-                benign = np.asarray(est.decision_function(calib.arrays[row["representation"]]), dtype=float)
-                thr = threshold_for_fpr(benign, cfg.transfer_fpr)
-                out.update(threshold=thr, tpr_at_benign_fpr=float((s[y == 1] > thr).mean()),
-                           fpr_realised=float((s[y == 0] > thr).mean()))
-            rows.append(out)
+            out, s = _transfer_row(train, row, test, calib, cfg)
+            rows.append({"family": fam, "supervised": supervised, "detector": row["detector"], **out,
+                         "length_matched_auroc": _length_matched_auroc(test, s, cfg.seed), "test_scores": s.tolist()})
     return {"train": train.name, "test": test.name, "n_test": int(len(y)),
             "label_counts": {str(c): int((y == c).sum()) for c in (0, 1)},
             "length_auroc": metrics(y, test.lengths)["auroc"], "calibration": calib.name if calib else None,
             "n_calibration": int(len(calib.y)) if calib else 0, "fpr": cfg.transfer_fpr, "rows": rows,
-            "layer_sweep": _sweep_transfer(train, test, cfg)}
+            "layer_sweep": _sweep_transfer(train, test, cfg), "ablation": _ablation(train, task, test, calib, cfg)}
+
+
+def _ablation_groups(table: list[dict]) -> dict[str, list[dict]]:
+    """Logistic rows at the end read point, grouped by the option they test: each kv state option,
+    the activations (the baseline to beat) and the two controls."""
+    groups: dict[str, list[dict]] = {}
+    for r in table:
+        n = RepName.parse(r["representation"])
+        if r["detector"] != "logistic" or n.read not in (None, "end") or n.is_sweep:
+            continue
+        option = kv_option(str(n)) if n.prefix == "kv" else {"ctl-bow": "control: BoW", "ctl-length": "control: length"}.get(
+            n.base, "activation (best)" if n.prefix == "act" else None)
+        if option is not None:
+            groups.setdefault(option, []).append(r)
+    return groups
+
+
+def _ablation(train: SuiteData, task: TaskResult, test: SuiteData, calib: SuiteData | None, cfg: StudyConfig) -> list[dict]:
+    """Each state option under the transfer protocol: within the option, the logistic probe with the
+    best training-CV AUROC (over feature maps), fitted on all training items, scored on the test
+    suite, with its threshold set on benign chat. One row per option, so each option is compared
+    with the plain state and the best activation read-out on the same items."""
+    rows = []
+    for option, group in sorted(_ablation_groups(task["table"]).items()):
+        row = max(group, key=lambda r: (r["auroc"], r["representation"]))
+        if row["representation"] in test.arrays:
+            rows.append({"option": option, **_transfer_row(train, row, test, calib, cfg)[0]})
+    return rows
 
 
 def _sweep_transfer(train: SuiteData, test: SuiteData, cfg: StudyConfig) -> dict:

@@ -115,3 +115,4 @@ class HeldoutTransfer(TypedDict):
     fpr: float
     rows: list[dict[str, Any]]
     layer_sweep: dict[str, Any]
+    ablation: list[dict[str, Any]]  # one row per state option (logistic, chosen on training CV within the option)
