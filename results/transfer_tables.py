@@ -5,6 +5,8 @@
 Table 1, held-out transfer: each family's probe and unsupervised detector, chosen on the training
 suite's grouped CV only, fitted on all of it, scored on another dataset of the same task; TPR and the
 realised FPR at a threshold set at 1% FPR on benign chat. Table 2, live monitors on held-out items.
+Table 3, the state options of the read-out issue under the same protocol: per option the logistic
+probe with the best training-CV AUROC within that option, with its change against the plain state.
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def main(folders: list[Path]) -> None:
                 print(f"| {m} | {key.split('/', 1)[1]} | {r['monitor']} | {_ci(r['auroc'], r['auroc_ci'])} | "
                       f"{_f(r['tpr_at_benign_fpr'])} | {_f(r['fpr_realised'])} | {_f(r['median_tokens_to_flag'])} | "
                       f"{_ci(ref['auroc'], ref['auroc_ci'])} |")
+
+
+    ablation(found)
+
+
+def ablation(found: list[tuple[str, dict]]) -> None:
+    print()
+    print("State options under the transfer protocol (logistic probe; within each option the feature map with the best "
+          "training-CV AUROC; delta = transfer AUROC minus the plain S/n state's on the same items).")
+    print()
+    print("| model | train -> test | option | representation | in distribution [CI] | transfer AUROC [CI] | "
+          "delta vs plain | TPR @ 1% benign FPR | FPR realised |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m, res in found:
+        for key, block in (res.get("heldout") or {}).items():
+            rows = block.get("ablation") or []
+            plain = next((r["auroc"] for r in rows if r["option"] == "plain S/n"), None)
+            for r in rows:
+                delta = "–" if plain is None or r["auroc"] is None else f"{r['auroc'] - plain:+.2f}"
+                print(f"| {m} | {key.split('/', 1)[1]} | {r['option']} | `{r['representation']}` | "
+                      f"{_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | {_ci(r['auroc'], r['auroc_ci'])} | "
+                      f"{delta} | {_f(r['tpr_at_benign_fpr'])} | {_f(r['fpr_realised'])} |")
 
 
 if __name__ == "__main__":

@@ -326,3 +326,22 @@ def test_heldout_and_monitor_sections_render_and_escape():
         assert needle in html, needle
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert 'id="monitor"' not in html  # the older monitor table only for older results
+    assert "State options" not in html  # blocks from before the ablation render without it
+
+
+def test_ablation_table_says_when_no_option_beats_the_plain_state():
+    from kvstate.report import render_html
+
+    def opt(option, auc, lo, rep="kv-elu-S/n@end"):
+        return {"option": option, "representation": rep, "in_distribution_auroc": 0.9, "in_distribution_ci": [0.8, 0.95],
+                "auroc": auc, "auroc_ci": [lo, auc + 0.05], "threshold": 0.0, "tpr_at_benign_fpr": 0.2, "fpr_realised": 0.1}
+
+    def page(ablation):
+        block = {"train": "a", "test": "b", "n_test": 10, "label_counts": {"0": 5, "1": 5}, "length_auroc": 0.5,
+                 "calibration": None, "n_calibration": 0, "fpr": 0.01, "rows": [], "layer_sweep": {}, "ablation": ablation}
+        return render_html({"meta": {"title": "t"}, "tasks": {}, "heldout": {"m/a -> b": block}})
+
+    flat = page([opt("plain S/n", 0.60, 0.5), opt("decay 0.9", 0.62, 0.55), opt("activation (best)", 0.8, 0.7, "act-resid-last@end")])
+    assert "State options" in flat and "+0.02" in flat and "+0.20" in flat and "No state option beats" in flat
+    gain = page([opt("plain S/n", 0.60, 0.5), opt("decay 0.9", 0.80, 0.70)])
+    assert "+0.20" in gain and "No state option beats" not in gain

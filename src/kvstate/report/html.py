@@ -172,11 +172,24 @@ def _forest(results: Mapping[str, Any]) -> str | None:
     return forest_figure(rows, "Headline AUROC per task") if rows else None
 
 
+def _ablation_view(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each option's change against the plain state, and whether any kv option beats it beyond its CI."""
+    plain = next((r for r in rows if r["option"] == "plain S/n"), None)
+    if plain is None:
+        return {"deltas": ["–"] * len(rows), "no_gain": False}
+    deltas = ["–" if r["auroc"] is None else f"{r['auroc'] - plain['auroc']:+.2f}" for r in rows]
+    gain = any(r["auroc"] is not None and (r.get("auroc_ci") or [None])[0] is not None
+               and r["auroc_ci"][0] > plain["auroc"] for r in rows
+               if not r["option"].startswith(("activation", "control")) and r is not plain)
+    return {"deltas": deltas, "no_gain": not gain}
+
+
 def _heldout_view(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, block in (results.get("heldout") or {}).items():
         rows = block.get("rows") or []
-        out.append({"key": key, "block": block, "rows": rows, "png": transfer_figure(rows, key) if rows else None})
+        out.append({"key": key, "block": block, "rows": rows, "png": transfer_figure(rows, key) if rows else None,
+                    **_ablation_view(block.get("ablation") or [])})
     return out
 
 
