@@ -43,8 +43,8 @@ def record(arch: str) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_recorded_arrays_equal_the_reference(arch):
-    from safetensors.numpy import load_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file
 
     with safe_open(str(REF), "np") as fh:
         made_on = fh.metadata()["platform"]
