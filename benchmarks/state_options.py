@@ -310,8 +310,8 @@ def render(state: dict) -> str:
                 lines.append(f"| {r['tokens']} | {r['method']} | error: {r['error']} | | |")
                 continue
             over = f"{(r['peak_extra'] - plain[r['tokens']]) / MB:+.0f}" if r["tokens"] in plain else ""
-            state = "—" if r["method"] == "plain" else f"{r['output_bytes']:,}"
-            lines.append(f"| {r['tokens']} | {r['method']} | {state} | {r['peak_extra'] / MB:.0f} | {over} |")
+            kept = "—" if r["method"] == "plain" else f"{r['output_bytes']:,}"
+            lines.append(f"| {r['tokens']} | {r['method']} | {kept} | {r['peak_extra'] / MB:.0f} | {over} |")
         lines.append("")
     stu = state.get("study", {})
     if stu.get("methods"):
@@ -337,8 +337,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a reduced grid that finishes in a few minutes")
     ap.add_argument("--only", default="", help=f"comma list of sections: {', '.join(SECTIONS)}")
     ap.add_argument("--note", default="", help="a line printed in bold above the tables (e.g. 'under load')")
+    ap.add_argument("--render", action="store_true", help="only re-render state_options.md from the JSON")
     ap.add_argument("--_memory-child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    path = OUT / "state_options.json"
+    if a.render:
+        atomic_write(OUT / "state_options.md", render(read_json(path, "state options results")))
+        return
     torch.set_num_threads(THREADS)
     if a._memory_child:
         import json
@@ -349,7 +354,6 @@ def main() -> None:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    path = OUT / "state_options.json"
     state = read_json(path, "state options results") if a.only and path.exists() else {}
     run_info = {"command": "python " + " ".join(shlex.quote(x) for x in ["benchmarks/state_options.py", *sys.argv[1:]]),
                 "quick": a.quick, "note": a.note, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
