@@ -292,16 +292,14 @@ def _status(key: str) -> int:
     raise KeyError(key)
 
 
-def memory_child(method: str, T: int, model_name: str) -> dict:
-    import kvstate
+def peak_rss(f) -> dict:
+    """Run ``f()`` once and measure its peak extra RSS (Linux): trim the heap, reset the kernel's
+    peak counter (``/proc/self/clear_refs`` <- 5), run, read ``VmHWM`` minus the RSS before.
 
-    torch.set_num_threads(THREADS)
-    lm = kvstate.load_model(model_name)
-    meth = Methods(lm, [method])
-    warm = meth.setup(method, synthetic_ids(lm, 1, 16, seed=1))
-    warm()  # imports, lazy init; 16 tokens
-    f = meth.setup(method, synthetic_ids(lm, 1, T))
-    del warm
+    Returns baseline/peak/held RSS in bytes, ``peak_extra``, ``held_extra``, ``seconds`` and the
+    bytes of what ``f`` returned (``output_bytes``, :func:`nbytes`). Meant for a fresh subprocess
+    started by :func:`run_child`, after a warm-up, so that imports and lazy init are not counted.
+    """
     gc.collect()
     try:  # hand freed heap back to the OS so that the baseline RSS is live memory only
         import ctypes
@@ -317,8 +315,36 @@ def memory_child(method: str, T: int, model_name: str) -> dict:
     secs = time.perf_counter() - t
     peak = _status("VmHWM")
     held = _status("VmRSS")
-    return {"method": method, "tokens": T, "baseline_rss": base, "peak_rss": peak, "peak_extra": peak - base,
-            "held_extra": held - base, "output_bytes": nbytes(out), "seconds": secs}
+    return {"baseline_rss": base, "peak_rss": peak, "peak_extra": peak - base, "held_extra": held - base,
+            "output_bytes": nbytes(out), "seconds": secs}
+
+
+def run_child(cmd: list[str], timeout: int = 1800) -> dict:
+    """Run a measurement subprocess; its last stdout line is JSON. ``{"error": [...]}`` if it failed.
+
+    Every child alike: large blocks go to mmap and back to the OS when freed
+    (``MALLOC_MMAP_THRESHOLD_``), so peak RSS tracks live tensors instead of glibc's heap retention
+    (which moved kvstate's 8192-token number by hundreds of MB between runs).
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        log("  failed:", p.stderr[-500:])
+        return {"error": p.stderr.strip().splitlines()[-1:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def memory_child(method: str, T: int, model_name: str) -> dict:
+    import kvstate
+
+    torch.set_num_threads(THREADS)
+    lm = kvstate.load_model(model_name)
+    meth = Methods(lm, [method])
+    warm = meth.setup(method, synthetic_ids(lm, 1, 16, seed=1))
+    warm()  # imports, lazy init; 16 tokens
+    f = meth.setup(method, synthetic_ids(lm, 1, T))
+    del warm
+    return {"method": method, "tokens": T, **peak_rss(f)}
 
 
 def bench_memory(quick: bool) -> dict:
@@ -335,17 +361,10 @@ def bench_memory(quick: bool) -> dict:
             if quick and T == 8192 and method not in ("plain", "kvstate_capture"):
                 continue
             log(f"memory {method} T={T}")
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", method, str(T), model_name]
-            # every method alike: large blocks go to mmap and back to the OS when freed, so peak RSS
-            # tracks live tensors instead of glibc's heap retention (which moved kvstate's 8192-token
-            # number by hundreds of MB between runs)
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-            if p.returncode != 0:
-                out["runs"].append({"method": method, "tokens": T, "error": p.stderr.strip().splitlines()[-1:]})
-                log("  failed:", p.stderr[-500:])
+            r = run_child([sys.executable, str(Path(__file__).resolve()), "--_memory-child", method, str(T), model_name])
+            if "error" in r:
+                out["runs"].append({"method": method, "tokens": T, **r})
                 continue
-            r = json.loads(p.stdout.strip().splitlines()[-1])
             out["runs"].append(r)
             log(f"  peak extra {r['peak_extra'] / MB:.0f} MB, output {r['output_bytes'] / MB:.1f} MB, {r['seconds']:.1f}s")
             save_partial("memory", out)

@@ -36,6 +36,7 @@ import torch
 
 from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, run
 from ..state import compression_matrices, decay_weights, get_phi, parallel_state
+from ..state.phi import Identity
 from .names import RepName
 from .projection import Reducer, sketch
 from .readout import headnorm
@@ -94,9 +95,10 @@ class RepresentationRecorder(Recorder):
         w = b.weights.to(k_post.device)
         d = k_post.shape[-1]
         n = w.sum(-1).clamp_min(1.0)[..., None, None, None]  # (B, R, 1, 1, 1)
-        S_id, z_id, _ = parallel_state(k_post, v, "identity", w)
+        identity = None  # the identity state, computed once for the sweep and the identity phi
         if self.s.sweep:
-            self._add(f"sweep-kv/{call.layer}", headnorm(S_id / n)[:, -1:])
+            identity = parallel_state(k_post, v, "identity", w)
+            self._add(f"sweep-kv/{call.layer}", headnorm(identity[0] / n)[:, -1:])
         if sweep_only:
             return
         has_rope = call.position_embeddings is not None
@@ -104,7 +106,10 @@ class RepresentationRecorder(Recorder):
         q_last = _at_reads(call.query.float(), b.ends)  # (B, R, Hq, d)
         for key, phi in self.phis:
             phi = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
-            S, z, cnt = parallel_state(k_post, v, phi, w)
+            if isinstance(phi, Identity) and identity is not None:
+                S, z, cnt = identity  # the same call on the same tensors: the same numbers
+            else:
+                S, z, cnt = parallel_state(k_post, v, phi, w)
             nn_ = cnt.clamp_min(1.0)[..., None, None, None]
             Sv = self._view(S, d)
             self._add(f"kv-{key}-S/n", Sv / nn_)
@@ -272,15 +277,24 @@ def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
     for l in layers:
         h = hs[l + 1].float()
         for b in range(B):
+            done: list[tuple[torch.Tensor, float]] = []  # (selection, score) of this item's reads so far
             for r in range(R):
-                sel = h[b][w[b, r] > 0]
+                mask = w[b, r] > 0
+                same = next((score for m, score in done if torch.equal(m, mask)), None)
+                if same is not None:  # a read with the same tokens (no reply): the same score
+                    out[b, r] += same
+                    continue
+                sel = h[b][mask]
                 if sel.shape[0] < 2:
+                    done.append((mask, 0.0))
                     continue
                 c = sel - sel.mean(0, keepdim=True)
                 gram = c @ c.T if c.shape[0] <= c.shape[1] else c.T @ c
                 ev = torch.linalg.eigvalsh(gram.double())
                 ev = ev[ev > ev.max() * 1e-6]  # rank <= min(tokens - 1, width): drop the numerical zeros
-                out[b, r] += float(0.5 * ev.log().mean()) / len(layers)
+                score = float(0.5 * ev.log().mean()) / len(layers)
+                done.append((mask, score))
+                out[b, r] += score
     return out[..., None]
 
 
