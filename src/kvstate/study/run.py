@@ -11,6 +11,7 @@ killed run resumes where it stopped and ends with the same numbers as an uninter
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -176,7 +177,13 @@ def prepare_suite(lm: LoadedModel, name: str, suite: Suite, layout: StudyLayout,
     note) when the suite cannot be evaluated: a single class, unless ``one_class`` (calibration)."""
     log(f"[{lm.name} / {name}] {len(suite.items)} items")
     if suite.generation:
-        suite = suite.label_with(replies(lm, suite, layout, cfg), strict=True)
+        with warnings.catch_warnings(record=True) as caught:  # into the log and the notes, not raw warnings
+            warnings.simplefilter("always")
+            suite = suite.label_with(replies(lm, suite, layout, cfg), strict=True)
+        for w in caught:
+            if not (one_class and "only one class is left" in str(w.message)):
+                notes.append(f"{lm.name}/{w.message}")
+                log(f"  {w.message}")
     items, dropped = fit_context(lm, suite.items, cfg.max_tokens)
     if dropped:
         notes.append(f"{lm.name}/{name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
