@@ -195,3 +195,19 @@ def test_monitor_runs_a_detector_folder_and_stop_needs_a_threshold(study, tmp_pa
     assert r.exit_code == 0 and "ema of scores" in r.output, r.output
     r = runner.invoke(app, ["monitor", "-d", str(det_dir), "-m", model, "--aggregate", "median", "Tell me about cats"])
     assert r.exit_code == 2 and "aggregate must be one of" in r.output
+
+
+def test_evaluate_reruns_the_heldout_stage_from_the_stores(study, tmp_path):
+    import shutil
+
+    from kvstate.study import evaluate_study
+
+    root, res = study
+    copy = tmp_path / "run"
+    shutil.copytree(root / "run", copy)
+    again = evaluate_study(copy)
+    key = "tiny-llama/alpha -> gamma"
+    strip = lambda b: json.loads(json.dumps(b))  # noqa: E731  (tuples vs lists)
+    assert strip(again["heldout"][key]) == strip(res["heldout"][key])
+    again = evaluate_study(copy, n_boot=20)  # an evaluation setting reaches the held-out stage too
+    assert [r["auroc_ci"] for r in again["heldout"][key]["rows"]] != [r["auroc_ci"] for r in res["heldout"][key]["rows"]]

@@ -15,6 +15,7 @@ import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -141,7 +142,10 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
             write_json(layout.results, results, sort_keys=True)
         for rep, block in cross_suite(per_suite, cfg).items():
             results["transfer"][f"{lm.name} | {rep}"] = block
-        results["heldout"].update(run_heldout(lm, per_suite, results["tasks"], layout, cfg, settings, notes))
+        def get(label: str, suite: Suite, one_class: bool, lm: LoadedModel = lm, settings=settings) -> SuiteData | None:
+            return prepare_suite(lm, label, suite, layout, cfg, settings, notes, one_class=one_class)
+
+        results["heldout"].update(run_heldout(lm.name, per_suite, results["tasks"], cfg, get))
         if results["tasks"]:  # never replace a results file with one that has no task
             write_json(layout.results, results, sort_keys=True)
         if cfg.fidelity_layers:
@@ -196,9 +200,14 @@ def prepare_suite(lm: LoadedModel, name: str, suite: Suite, layout: StudyLayout,
     return capture_suite(lm, items, layout, cfg, settings, name)
 
 
-def run_heldout(lm: LoadedModel, per_suite: dict[str, SuiteData | None], tasks: dict, layout: StudyLayout,
-                cfg: StudyConfig, settings: RepresentationSettings, notes: list[str]) -> dict[str, HeldoutTransfer]:
-    """The held-out transfer stage: each training suite in ``cfg.transfer`` against its test suites."""
+def run_heldout(model: str, per_suite: dict[str, SuiteData | None], tasks: dict, cfg: StudyConfig,
+                get: Callable[[str, Suite, bool], SuiteData | None]) -> dict[str, HeldoutTransfer]:
+    """The held-out transfer stage: each training suite in ``cfg.transfer`` against its test suites.
+
+    ``get(label, suite, one_class)`` gives a test or calibration suite's states: captured by the
+    study (:func:`prepare_suite`) or read back from the store (:func:`evaluate_study`); None when
+    it cannot be evaluated.
+    """
     out: dict[str, HeldoutTransfer] = {}
     todo = {train: tests for train, tests in cfg.transfer.items() if per_suite.get(suite_label(train)) is not None}
     if not todo:
@@ -206,19 +215,37 @@ def run_heldout(lm: LoadedModel, per_suite: dict[str, SuiteData | None], tasks: 
     calib = None
     if cfg.calibration_suite:
         suite = load_suite(cfg.calibration_suite, limit=cfg.calibration_items, seed=cfg.seed)
-        calib = prepare_suite(lm, suite_label(cfg.calibration_suite), suite, layout, cfg, settings, notes, one_class=True)
+        calib = get(suite_label(cfg.calibration_suite), suite, True)
     for train, tests in todo.items():
         train_data = per_suite[suite_label(train)]
         for test_name in tests:
             label = suite_label(test_name)
-            test = prepare_suite(lm, label, load_suite(test_name, limit=cfg.limit, seed=cfg.seed), layout, cfg, settings, notes)
+            test = get(label, load_suite(test_name, limit=cfg.limit, seed=cfg.seed), False)
             if test is None:
                 continue
-            key = f"{lm.name}/{suite_label(train)} -> {label}"
-            out[key] = heldout_transfer(train_data, tasks[f"{lm.name}/{suite_label(train)}"], test, calib, cfg)
+            key = f"{model}/{suite_label(train)} -> {label}"
+            out[key] = heldout_transfer(train_data, tasks[f"{model}/{suite_label(train)}"], test, calib, cfg)
             log(f"  {key}: " + ", ".join(f"{r['family']}{'' if r['supervised'] else ' (unsup.)'} {r['auroc']:.2f}"
                                           for r in out[key]["rows"]))
     return out
+
+
+def stored_suite(layout: StudyLayout, model: str, label: str, suite: Suite) -> SuiteData | None:
+    """A suite's states read back from the study's store, labelled with the study's cached replies
+    (so the labels are the study's); None when the study stored no such suite."""
+    if not layout.has_store(model, label):
+        return None
+    store = Store(layout.store(model, label))
+    if suite.generation:
+        cache = layout.replies(model, suite.name)
+        with warnings.catch_warnings():  # the study logged these when it labelled the suite
+            warnings.simplefilter("ignore")
+            suite = suite.label_with(read_json(cache, "replies cache") if cache.exists() else {}, strict=True)
+    stored = set(store.index()["item_key"])
+    keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
+    keyed = [(k, it) for k, it in keyed if k in stored]  # items the study dropped as too long are absent
+    index, arrays = store.load(keys=[k for k, _ in keyed])
+    return SuiteData.from_store(label, index, arrays, [it for _, it in keyed])
 
 
 def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
@@ -226,7 +253,8 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
 
     No model is loaded and nothing is captured: other detectors, a representation filter, more
     bootstrap resamples, or new evaluation code over the same stored states. With no overrides the
-    numbers equal the study's own. The live-monitor and phi-fidelity sections need the model, so
+    numbers equal the study's own. The held-out transfer stage is re-run too, from the stores of its
+    test and calibration suites. The live-monitor and phi-fidelity sections need the model, so
     they are kept from the original run (a note in the results says so).
     """
     out = Path(out)
@@ -256,16 +284,7 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         if not layout.has_store(model, label):
             raise ValueError(f"{layout.store(model, label)}: the store of {key} is missing; "
                              f"re-run `kvstate study -o {out}` to rebuild it")
-        store = Store(layout.store(model, label))
-        suite = load_suite(sources[label], limit=cfg.limit, seed=cfg.seed)
-        if suite.generation:  # the study's own cached replies, so the labels are the study's
-            cache = layout.replies(model, suite.name)
-            suite = suite.label_with(read_json(cache, "replies cache") if cache.exists() else {}, strict=True)
-        stored = set(store.index()["item_key"])
-        keyed = [(store.key(model, it.id, item_content(it)), it) for it in suite.items]
-        keyed = [(k, it) for k, it in keyed if k in stored]  # items the study dropped as too long are absent
-        index, arrays = store.load(keys=[k for k, _ in keyed])
-        data = SuiteData.from_store(label, index, arrays, [it for _, it in keyed])
+        data = stored_suite(layout, model, label, load_suite(sources[label], limit=cfg.limit, seed=cfg.seed))
         new = evaluate_task(data, cfg)
         new.update({k: task[k] for k in ("model", "suite", "description", "layers") if k in task},
                    seconds=round(time.perf_counter() - t0, 1))
@@ -274,6 +293,10 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         log(f"[{key}] re-evaluated: {len(new['table'])} rows in {new['seconds']} s")
     results["transfer"] = {f"{m} | {rep}": block for m, per_suite in per_model.items()
                            for rep, block in cross_suite(per_suite, cfg).items()}
+    results["heldout"] = {}
+    for m, per_suite in per_model.items():
+        results["heldout"].update(run_heldout(m, per_suite, results["tasks"], cfg,
+                                              lambda label, suite, _one_class, m=m: stored_suite(layout, m, label, suite)))
     results["meta"]["config"] = asdict(cfg)
     results["meta"]["notes"].append(
         f"evaluation re-run from the store ({command or 'evaluate_study'}, "

@@ -124,10 +124,14 @@ def _ablation(train: SuiteData, task: TaskResult, test: SuiteData, calib: SuiteD
     """Each state option under the transfer protocol: within the option, the logistic probe with the
     best training-CV AUROC (over feature maps), fitted on all training items, scored on the test
     suite, with its threshold set on benign chat. One row per option, so each option is compared
-    with the plain state and the best activation read-out on the same items."""
+    with the plain state and the best activation read-out on the same items. An option whose
+    training vectors are constant (the reply-only state where items have no reply) has no row."""
     rows = []
     for option, group in sorted(_ablation_groups(task["table"]).items()):
         row = max(group, key=lambda r: (r["auroc"], r["representation"]))
+        X = train.arrays.get(row["representation"])
+        if X is None or not np.ptp(X, axis=0).any():  # constant, e.g. the reply-only state of a suite without replies
+            continue
         if row["representation"] in test.arrays:
             rows.append({"option": option, **_transfer_row(train, row, test, calib, cfg)[0]})
     return rows
