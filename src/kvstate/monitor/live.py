@@ -127,13 +127,16 @@ class Monitor:
         self._agg = Aggregator(self.aggregate, self.alpha, self.window)
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
+        # the spec's parsed forms, once per generate (not per layer call or step)
+        self._rope, self._kind = self.spec.rope, parse_kv_name(self.spec.representation)[1]
+        self._settings = RepresentationSettings.from_dict(self.spec.settings)
         eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
     def _listen(self, call: AttentionCall) -> None:
         if call.layer not in self.states:
             return
-        k, v = call.new_keys(self.spec.rope), call.new_values()
+        k, v = call.new_keys(self._rope), call.new_values()
         if call.q_len == self._prompt_weights.shape[1] and self.states[call.layer].S is None:
             w = self._prompt_weights
         else:  # one new token per row; finished rows keep receiving padding, which must not count
@@ -151,15 +154,13 @@ class Monitor:
 
     def features(self) -> np.ndarray:
         """The study's representation of the current state, (B, D)."""
-        _, kind = parse_kv_name(self.spec.representation)
         S, z, n = self.state()
-        return kv_features(S, z, n, kind, RepresentationSettings.from_dict(self.spec.settings), self._head_dim)
+        return kv_features(S, z, n, self._kind, self._settings, self._head_dim)
 
     def readout(self) -> torch.Tensor:
         """The read-out of the current state before the study's projection, (B, D) float32."""
-        _, kind = parse_kv_name(self.spec.representation)
         S, z, n = self.state()
-        return kv_readout(S, z, n, kind, RepresentationSettings.from_dict(self.spec.settings), self._head_dim)
+        return kv_readout(S, z, n, self._kind, self._settings, self._head_dim)
 
     def score(self) -> np.ndarray:
         """The detector's score of the current state, (B,) (folded or dense, see ``scoring``)."""
@@ -172,16 +173,16 @@ class Monitor:
         u, c = self._fold_for(f)
         if u is None:
             self.scoring = "dense"
-            settings = RepresentationSettings.from_dict(self.spec.settings)
-            x = Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(f.cpu().numpy()))
+            st = self._settings
+            x = Reducer(st.max_dim, st.seed, st.projection)(np.ascontiguousarray(f.cpu().numpy()))
             return np.asarray(self.detector.decision_function(x), dtype=float)
         self.scoring = "folded"
         return (f.double() @ u).cpu().numpy() + c
 
     def _fold_for(self, f: torch.Tensor) -> tuple[torch.Tensor | None, float]:
         """u (D,) float64 on f's device and c of the folded score, built once per detector and width; (None, nan): dense."""
-        settings = RepresentationSettings.from_dict(self.spec.settings)
-        key = (self.detector, f.shape[1], str(f.device), settings.max_dim, settings.seed, settings.projection)
+        settings = self._settings
+        key = (self.detector, f.shape[1], f.device, settings)
         if self._folded is None or self._folded[0] != key:
             # reading w off the detector calls it on ~max_dim rows: only for fitted estimators, whose scores
             # are a pure function of the rows (not for a hand-made scorer that counts its calls)
