@@ -375,11 +375,75 @@ def bench_memory(quick: bool) -> dict:
 # 3. monitor overhead
 # ---------------------------------------------------------------------------------------------
 
+def monitor_spec(layers, projection: str = "gaussian", max_dim: int = 2048, rep: str = "kv-elu-S/n"):
+    """The monitor spec the monitor benchmarks score: elu states of ``layers``, projected above ``max_dim``."""
+    from kvstate.monitor import MonitorSpec
+    from kvstate.representations import RepresentationSettings
+
+    return MonitorSpec(rep, list(layers), {"name": "elu"},
+                       RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection).to_dict())
+
+
+def monitor_feature_dim(lm, spec) -> int:
+    """Width of the features ``spec`` produces on ``lm`` (after the projection), from a zero state.
+
+    The read-out's width capped at ``max_dim``, without building the projection matrix (2.8 GiB for
+    all layers of smollm2, which would stay cached and count against every later variant)."""
+    from kvstate.representations import RepresentationSettings, parse_kv_name
+    from kvstate.representations.readout import kv_readout
+
+    cfg = lm.model.config
+    L, H = len(spec.layers), cfg.num_key_value_heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    S = torch.zeros(1, L, H, d, d)
+    settings = RepresentationSettings.from_dict(spec.settings)
+    width = kv_readout(S, torch.zeros(1, L, H, d), torch.ones(1, L), parse_kv_name(spec.representation)[1], settings, d).shape[1]
+    return min(width, settings.max_dim)
+
+
+def monitor_detector(lm, spec, name: str = "mahalanobis", n: int = 300, seed: int = 0):
+    """A detector fitted on random features of the spec's dimension (supervised ones: a planted direction in
+    the positive half). Returns (detector, dim)."""
+    from kvstate.detect import get_detector, is_supervised
+
+    dim = monitor_feature_dim(lm, spec)
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, dim)).astype(np.float32)
+    det = get_detector(name)
+    if not is_supervised(det):
+        return det.fit(X), dim
+    y = np.r_[np.zeros(n - n // 2, int), np.ones(n // 2, int)]
+    u = rng.normal(size=dim)
+    X[y == 1] += (1.5 * u / np.linalg.norm(u)).astype(np.float32)
+    return det.fit(X, y), dim
+
+
+def monitor_breakdown(mon, prompts, new: int) -> dict:
+    """Seconds (wall) one generation spends in the monitor's listener, scorer and features, and in all."""
+    acc = {"listen_s": 0.0, "score_s": 0.0, "features_s": 0.0}
+
+    def wrap(fn, slot):
+        def g(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[slot] += time.perf_counter() - t
+        return g
+    orig = (mon._listen, mon.score, mon.features)
+    mon._listen, mon.score, mon.features = wrap(orig[0], "listen_s"), wrap(orig[1], "score_s"), wrap(orig[2], "features_s")
+    t = time.perf_counter()
+    try:
+        mon.generate(prompts, max_new_tokens=new, min_new_tokens=new)
+    finally:
+        mon._listen, mon.score, mon.features = orig
+    total = time.perf_counter() - t
+    return {"total_s": total, **acc, "detector_only_s": acc["score_s"] - acc["features_s"]}
+
+
 def bench_monitor(quick: bool) -> dict:
     import kvstate
-    from kvstate.detect import get_detector
-    from kvstate.monitor import Monitor, MonitorSpec
-    from kvstate.representations import RepresentationSettings, kv_features
+    from kvstate.monitor import Monitor
 
     lm = kvstate.load_model("smollm2-135m")
     new = 64
@@ -389,21 +453,6 @@ def bench_monitor(quick: bool) -> dict:
 
     enc = encode_all(lm, prompt)
     batch = make_batch(enc, ["end"], "all", 0, tok.pad_token_id, "left")
-
-    def spec_for(layers, projection, max_dim=2048):
-        return MonitorSpec("kv-elu-S/n", list(layers), {"name": "elu"},
-                           RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection).to_dict())
-
-    def fitted(spec):
-        """A mahalanobis detector fitted on random features of the dimension the spec produces."""
-        cfg = lm.model.config
-        L, H = len(spec.layers), cfg.num_key_value_heads
-        d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        S = torch.zeros(1, L, H, d, d)
-        dim = kv_features(S, torch.zeros(1, L, H, d), torch.ones(1, L), "S/n",
-                          RepresentationSettings.from_dict(spec.settings), d).shape[1]
-        X = np.random.default_rng(0).normal(size=(300, dim)).astype(np.float32)
-        return get_detector("mahalanobis").fit(X), dim
 
     all_layers = list(range(lm.num_layers))
     variants = {}
@@ -421,9 +470,9 @@ def bench_monitor(quick: bool) -> dict:
                                               ("monitor_mahalanobis_upper3", "upper3", True, "gaussian"),
                                               ("monitor_mahalanobis_upper3_sparse", "upper3", True, "sparse")]:
         layers = check_layers(lm, layers)
-        spec = spec_for(layers, projection)
+        spec = monitor_spec(layers, projection)
         t = time.perf_counter()
-        det, dim = fitted(spec) if with_det else (None, None)
+        det, dim = monitor_detector(lm, spec) if with_det else (None, None)
         mon = Monitor(lm, spec, det)
         mon.generate(prompt, max_new_tokens=2, min_new_tokens=2)  # builds the cached projection
         setup[key] = {"layers": len(layers), "feature_dim": dim, "projection": projection,
@@ -439,26 +488,8 @@ def bench_monitor(quick: bool) -> dict:
         r["per_token_cpu_ms"] = r["cpu_median_s"] / new * 1e3
         r.update(setup.get(k, {}))
     # where the monitor's time goes: wrap its listener and scorer (timing only, no behaviour change)
-    prof = {}
-    for key in ("monitor_mahalanobis_all", "monitor_mahalanobis_all_sparse", "monitor_state_only_all"):
-        mon = variants[key].__defaults__[0]
-        acc = {"listen_s": 0.0, "score_s": 0.0, "features_s": 0.0}
-
-        def wrap(fn, slot):
-            def g(*a, **k):
-                t = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    acc[slot] += time.perf_counter() - t
-            return g
-        orig = (mon._listen, mon.score, mon.features)
-        mon._listen, mon.score, mon.features = wrap(orig[0], "listen_s"), wrap(orig[1], "score_s"), wrap(orig[2], "features_s")
-        t = time.perf_counter()
-        mon.generate(prompt, max_new_tokens=new, min_new_tokens=new)
-        total = time.perf_counter() - t
-        mon._listen, mon.score, mon.features = orig
-        prof[key] = {"total_s": total, **acc, "detector_only_s": acc["score_s"] - acc["features_s"]}
+    prof = {key: monitor_breakdown(variants[key].__defaults__[0], prompt, new)
+            for key in ("monitor_mahalanobis_all", "monitor_mahalanobis_all_sparse", "monitor_state_only_all")}
     return {"model": "smollm2-135m", "new_tokens": new, "prompt_tokens": len(enc[0]), "methods": res, "breakdown": prof}
 
 

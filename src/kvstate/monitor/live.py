@@ -15,15 +15,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from .._options import Span, check_option
 from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_batch
 from ..deploy import Detector
 from ..detect import threshold_for_fpr
 from ..models import LoadedModel
-from ..representations import RepresentationSettings, kv_features, parse_kv_name
+from ..representations import Reducer, RepresentationSettings, kv_features, parse_kv_name
+from ..representations.readout import kv_readout
 from ..state import RecurrentState, get_phi
 from .aggregate import Aggregate, Aggregator
+from .fold import affine_form
 from .spec import MonitorSpec, spec_from_detector
 
 __all__ = ["Monitor", "MonitorResult"]
@@ -76,13 +79,22 @@ class Monitor:
             the reply is flagged at its first step over the threshold).
         span, skip_first: token selection of the prompt (as in :func:`kvstate.extract`); generated
             tokens always count.
+        fold: score an affine detector (logistic, diffmean, RepE reading vector, any affine
+            pipeline) as one dot product with the unprojected read-out (:mod:`kvstate.monitor.fold`)
+            instead of projecting the state and calling the detector at every scored step; the
+            scores are the same to float rounding. A detector that is not a scikit-learn estimator
+            (reading w off it calls it on ~max_dim rows) or fails the affinity check is scored the
+            dense way. ``scoring`` records which path runs (``"folded"`` or ``"dense"``,
+            set at the first scored step).
     """
 
     def __init__(self, lm: LoadedModel, spec: MonitorSpec, detector=None, *, every: int = 1, stop: bool = False,
                  on_step: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
                  span: Span = "all", skip_first: int = 0, aggregate: Aggregate = "max", alpha: float = 0.3,
-                 window: int = 8):
+                 window: int = 8, fold: bool = True):
         self.lm, self.spec, self.detector = lm, spec, detector
+        self.fold, self.scoring = fold, None
+        self._folded: tuple | None = None  # (key, u, c) of the last fold, None: not built
         if every < 1:
             raise ValueError(f"every must be >= 1 (score every n-th step), got {every}")
         Aggregator(aggregate, alpha, window)  # checks the options before any generation
@@ -115,13 +127,16 @@ class Monitor:
         self._agg = Aggregator(self.aggregate, self.alpha, self.window)
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
+        # the spec's parsed forms, once per generate (not per layer call or step)
+        self._rope, self._kind = self.spec.rope, parse_kv_name(self.spec.representation)[1]
+        self._settings = RepresentationSettings.from_dict(self.spec.settings)
         eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
     def _listen(self, call: AttentionCall) -> None:
         if call.layer not in self.states:
             return
-        k, v = call.new_keys(self.spec.rope), call.new_values()
+        k, v = call.new_keys(self._rope), call.new_values()
         if call.q_len == self._prompt_weights.shape[1] and self.states[call.layer].S is None:
             w = self._prompt_weights
         else:  # one new token per row; finished rows keep receiving padding, which must not count
@@ -139,14 +154,46 @@ class Monitor:
 
     def features(self) -> np.ndarray:
         """The study's representation of the current state, (B, D)."""
-        _, kind = parse_kv_name(self.spec.representation)
         S, z, n = self.state()
-        return kv_features(S, z, n, kind, RepresentationSettings.from_dict(self.spec.settings), self._head_dim)
+        return kv_features(S, z, n, self._kind, self._settings, self._head_dim)
+
+    def readout(self) -> torch.Tensor:
+        """The read-out of the current state before the study's projection, (B, D) float32."""
+        S, z, n = self.state()
+        return kv_readout(S, z, n, self._kind, self._settings, self._head_dim)
 
     def score(self) -> np.ndarray:
+        """The detector's score of the current state, (B,) (folded or dense, see ``scoring``)."""
         if self.detector is None:
             raise ValueError("no detector: pass one (or load_monitor(path)) to score states")
-        return np.asarray(self.detector.decision_function(self.features()), dtype=float)
+        if not self.fold:
+            self.scoring = "dense"
+            return np.asarray(self.detector.decision_function(self.features()), dtype=float)
+        f = self.readout()
+        u, c = self._fold_for(f)
+        if u is None:
+            self.scoring = "dense"
+            st = self._settings
+            x = Reducer(st.max_dim, st.seed, st.projection)(np.ascontiguousarray(f.cpu().numpy()))
+            return np.asarray(self.detector.decision_function(x), dtype=float)
+        self.scoring = "folded"
+        return (f.double() @ u).cpu().numpy() + c
+
+    def _fold_for(self, f: torch.Tensor) -> tuple[torch.Tensor | None, float]:
+        """u (D,) float64 on f's device and c of the folded score, built once per detector and width; (None, nan): dense."""
+        settings = self._settings
+        key = (self.detector, f.shape[1], f.device, settings)
+        if self._folded is None or self._folded[0] != key:
+            # reading w off the detector calls it on ~max_dim rows: only for fitted estimators, whose scores
+            # are a pure function of the rows (not for a hand-made scorer that counts its calls)
+            form = affine_form(self.detector.decision_function, min(f.shape[1], settings.max_dim)) \
+                if isinstance(self.detector, BaseEstimator) else None
+            if form is None:
+                self._folded = (key, None, float("nan"))
+            else:
+                u = Reducer(settings.max_dim, settings.seed, settings.projection).adjoint(form[0], f.shape[1])
+                self._folded = (key, torch.from_numpy(u).to(f.device), form[1])
+        return self._folded[1], self._folded[2]
 
     def _step(self, input_ids: torch.Tensor) -> torch.Tensor:
         step = len(self._step_scores)

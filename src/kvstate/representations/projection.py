@@ -55,6 +55,40 @@ class Reducer:
             return np.asarray(_sparse_projection(x.shape[1], self.max_dim, self.seed).transform(x), dtype=np.float32)
         return (torch.from_numpy(x) @ _projection(x.shape[1], self.max_dim, self.seed)).numpy()
 
+    def adjoint(self, w: np.ndarray, dim_in: int) -> np.ndarray:
+        """The transposed projection of ``w``: u such that ``self(x) @ w == x @ u`` for every (N, dim_in) x.
+
+        Folds a linear read-out of the projected vector back onto the unprojected one (the live
+        monitor scores an affine detector as one dot product, :mod:`kvstate.monitor.fold`), with the
+        same matrix ``__call__`` applies, in float64.
+
+        Parameters
+        ----------
+        w : ndarray of shape (min(dim_in, max_dim),)
+        dim_in : int
+            Width of the vectors the projection is applied to.
+
+        Returns
+        -------
+        ndarray of shape (dim_in,), float64
+        """
+        w = np.asarray(w, dtype=np.float64)
+        dim_out = min(dim_in, self.max_dim)
+        if w.shape != (dim_out,):
+            raise ValueError(f"w must have shape ({dim_out},) for dim_in={dim_in}, max_dim={self.max_dim}; got {w.shape}")
+        if dim_in <= self.max_dim:
+            return w.copy()
+        if self.kind == "sparse":
+            return np.asarray(_sparse_projection(dim_in, self.max_dim, self.seed).components_.T @ w, dtype=np.float64).ravel()
+        # the (dim_out, dim_in) matrix __call__ multiplies by (transposed), drawn again rather than cached: the dense
+        # path's cache holds it only if the dense path runs; float64 in column blocks keeps the peak at the float32 matrix
+        G = sketch.__wrapped__(dim_in, self.max_dim, self.seed)
+        wt = torch.from_numpy(w)
+        u = np.empty(dim_in)
+        for i in range(0, dim_in, 16384):
+            u[i:i + 16384] = (wt @ G[:, i:i + 16384].double()).numpy()
+        return u
+
 
 @functools.lru_cache(maxsize=8)
 def _projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:

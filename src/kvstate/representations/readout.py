@@ -10,7 +10,7 @@ from .names import KV_KINDS
 from .projection import Reducer, sketch
 from .settings import RepresentationSettings
 
-__all__ = ["headnorm", "kv_features"]
+__all__ = ["headnorm", "kv_features", "kv_readout"]
 
 
 def headnorm(S: torch.Tensor) -> torch.Tensor:
@@ -23,7 +23,19 @@ def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, se
     """The recorder's kv read-outs rebuilt from running states: S (B, L, H, f, e), z (B, L, H, f), n (B, L).
 
     Same sketch, normalisation, layer order and reduction as :class:`RepresentationRecorder`, so a
-    detector fitted on stored study features scores a live state (used by :mod:`kvstate.monitor`).
+    detector fitted on stored study features scores a live state (used by :mod:`kvstate.monitor`):
+    :func:`kv_readout`, then the seeded projection (:class:`Reducer`) when wider than ``settings.max_dim``.
+    """
+    flat = kv_readout(S, z, n, kind, settings, head_dim).cpu().numpy()
+    return Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(flat))
+
+
+def kv_readout(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, settings: RepresentationSettings,
+               head_dim: int) -> torch.Tensor:
+    """The read-out of :func:`kv_features` before the whole-vector projection: (B, D) float32, on S's device.
+
+    The projection is linear, so an affine detector of the projected vector is an affine function
+    of this one (:mod:`kvstate.monitor.fold`).
     """
     kind = kind.replace("-pre", "")  # pre-RoPE keys change the state, not the read-out
     P = sketch(S.shape[-2], head_dim, settings.seed).to(S.device) if S.shape[-2] > head_dim else None
@@ -41,5 +53,4 @@ def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, se
         x = Sv
     else:
         raise ValueError(f"unknown kv read-out {kind!r}. Available: {', '.join(KV_KINDS)}")
-    flat = x.float().flatten(1).cpu().numpy()
-    return Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(flat))
+    return x.float().flatten(1)

@@ -196,6 +196,12 @@ class RecurrentState:
 
     def update(self, k: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None = None) -> "RecurrentState":
         """Add new tokens: k (B, H, t, d), v (B, H, t, d_v), weights (B, t) or None (all 1)."""
+        if self._one_token(k, v, weights):  # decoding: one outer product per head, not the general contraction
+            fk = self.phi(k.float())[:, :, 0]  # (B, H, f)
+            w = torch.ones(k.shape[0], device=fk.device) if weights is None else weights[:, 0].to(fk.dtype)
+            wfk = fk * w[:, None, None]
+            self.S, self.z, self.n = self.S + wfk[..., :, None] * v[:, :, 0].float()[..., None, :], self.z + wfk, self.n + w
+            return self
         S, z, n = parallel_state(k, v, self.phi, weights, self.gamma, self.project)
         if self.S is None:
             self.S, self.z, self.n = S, z, n
@@ -209,6 +215,12 @@ class RecurrentState:
             self.z = f[:, None, None] * self.z + z
             self.n = f * self.n + n
         return self
+
+    def _one_token(self, k: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None) -> bool:
+        """One new token of an existing plain state, with shapes the general path would accept."""
+        return (self.S is not None and self.project is None and (self.gamma is None or self.gamma == 1.0)
+                and k.ndim == 4 and v.ndim == 4 and k.shape[2] == 1 and k.shape[:3] == v.shape[:3]
+                and (weights is None or tuple(weights.shape) == (k.shape[0], 1)))
 
 
 def recurrent_state(
