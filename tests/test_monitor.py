@@ -82,6 +82,22 @@ def test_monitor_features_equal_study_features(projection):
     np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_monitor_keeps_the_decayed_state_the_study_stored(arch):
+    """kv-elu-S/n-decay0.9: the monitor's running state decays per token as the recorder's parallel
+    form does, so its features at the end of the reply equal the stored ones."""
+    lm = tiny_model(arch)
+    settings = RepresentationSettings(layers=(0, 1), phis=("elu",), ablation_phis=("elu",), sweep=False, max_dim=64,
+                                      decays=(0.9,))
+    spec = _spec(lm, rep="kv-elu-S/n-decay0.9")
+    spec.layers, spec.settings = [0, 1], settings.to_dict()
+    live, stored = _live_vs_stored(lm, spec, settings, "kv-elu-S/n-decay0.9@end")
+    np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
+    plain, _ = _live_vs_stored(lm, MonitorSpec("kv-elu-S/n", [0, 1], {"name": "elu"}, settings.to_dict()), settings,
+                               "kv-elu-S/n@end")
+    assert np.abs(plain - live).max() > 1e-3  # the decay changed the state
+
+
 def test_random_phi_monitor_scores_the_stored_features_when_the_seed_is_not_zero():
     """A study with seed != 0: fit_monitor once built its random features with the study seed while
     the recorder used the phi spec's own (seed 0), so the monitor scored other features than stored."""

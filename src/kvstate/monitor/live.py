@@ -22,7 +22,7 @@ from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_b
 from ..deploy import Detector
 from ..detect import threshold_for_fpr
 from ..models import LoadedModel
-from ..representations import Reducer, RepresentationSettings, kv_features, parse_kv_name
+from ..representations import Reducer, RepresentationSettings, decay_of, kv_features, parse_kv_name
 from ..representations.readout import kv_readout
 from ..state import RecurrentState, get_phi
 from .aggregate import Aggregate, Aggregator
@@ -117,7 +117,8 @@ class Monitor:
     # -- state ------------------------------------------------------------------------------
     def _reset(self, prompt_weights: torch.Tensor) -> None:
         phi = get_phi(self.spec.phi)
-        self.states = {l: RecurrentState(phi) for l in self.spec.layers}
+        gamma = decay_of(parse_kv_name(self.spec.representation)[1])  # a decayed read-out keeps a decayed state
+        self.states = {l: RecurrentState(phi, gamma) for l in self.spec.layers}
         self._prompt_weights = prompt_weights  # (B, T_prompt)
         self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
         self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)

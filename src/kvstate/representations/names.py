@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["FAMILIES", "KV_KINDS", "RepName", "family", "kv_option", "parse_kv_name"]
+__all__ = ["FAMILIES", "KV_KINDS", "RepName", "decay_of", "family", "kv_option", "parse_kv_name"]
 
 #: name prefix -> family, the unit the study compares (KV state vs activations vs controls)
 FAMILIES = {"kv": "kv-state", "sweep-kv": "kv-state", "act": "activation", "sweep-resid": "activation", "ctl": "control"}
-#: kv read-outs a running state can rebuild (what a live monitor may score)
+#: kv read-outs a running state can rebuild (what a live monitor may score), besides the decayed
+#: ``S/n-decay<gamma>`` (a running state with that decay)
 KV_KINDS = ("S/n", "S/n-hn", "S/n-pre", "z/n", "S|z|", "S")
+DECAY = "S/n-decay"
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,26 @@ def parse_kv_name(name: str) -> tuple[str, str]:
         n = RepName.parse(name)
     except ValueError:
         n = None
-    if n is not None and n.prefix == "kv" and n.readout in KV_KINDS:
+    if n is not None and n.prefix == "kv" and (n.readout in KV_KINDS or _is_decay(n.readout)):
         return n.phi, n.readout
     raise ValueError(f"{name!r} is not a state read-out a monitor can rebuild; use kv-<phi>-<kind> with kind in "
-                     f"{', '.join(KV_KINDS)}")
+                     f"{', '.join(KV_KINDS)} or {DECAY}<gamma>")
+
+
+def _is_decay(readout: str | None) -> bool:
+    try:
+        return bool(readout) and readout.startswith(DECAY) and 0.0 < float(readout.removeprefix(DECAY)) <= 1.0
+    except ValueError:
+        return False
+
+
+def decay_of(kind: str) -> float | None:
+    """The gamma of a decayed read-out (``"S/n-decay0.9"`` -> 0.9), else None.
+
+    >>> decay_of("S/n-decay0.99"), decay_of("S/n-hn")
+    (0.99, None)
+    """
+    return float(kind.removeprefix(DECAY)) if _is_decay(kind) else None
 
 
 #: kv read-out -> the state option it tests (the ablation groups of the transfer stage)
@@ -126,6 +144,6 @@ def kv_option(name: str) -> str | None:
         return None
     if n.phi in ("attnw", "h2o", "hier"):
         return f"KV-cache {n.phi}"
-    if n.readout.startswith("S/n-decay"):
-        return "decay " + n.readout.removeprefix("S/n-decay")
+    if n.readout.startswith(DECAY):
+        return "decay " + n.readout.removeprefix(DECAY)
     return KV_OPTIONS.get(n.readout, n.readout)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .names import KV_KINDS
+from .names import KV_KINDS, decay_of
 from .projection import Reducer, sketch
 from .settings import RepresentationSettings
 
@@ -38,6 +38,8 @@ def kv_readout(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, set
     of this one (:mod:`kvstate.monitor.fold`).
     """
     kind = kind.replace("-pre", "")  # pre-RoPE keys change the state, not the read-out
+    if decay_of(kind) is not None:  # a decayed state (S_gamma, n_gamma) is read out as S/n
+        kind = "S/n"
     P = sketch(S.shape[-2], head_dim, settings.seed).to(S.device) if S.shape[-2] > head_dim else None
     Sv = P @ S if P is not None else S
     nn_ = n.clamp_min(1.0)[..., None, None, None]
