@@ -24,6 +24,11 @@ def _ci(auc, ci) -> str:
     return f"{auc:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
 
 
+def _md(text: str) -> str:
+    """A table cell: a pipe inside a name (``S|z|``) would split the Markdown row."""
+    return str(text).replace("|", "\\|")
+
+
 def _f(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 
@@ -41,7 +46,7 @@ def main(folders: list[Path]) -> None:
         for key, block in (res.get("heldout") or {}).items():
             for r in block["rows"]:
                 print(f"| {m} | {key.split('/', 1)[1]} | {r['family']} | {'probe' if r['supervised'] else 'unsupervised'} | "
-                      f"`{r['representation']}` {r['detector']} | {_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | "
+                      f"`{_md(r['representation'])}` {r['detector']} | {_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | "
                       f"{_ci(r['auroc'], r['auroc_ci'])} | {_f(r['length_matched_auroc'])} | {_f(r['tpr_at_benign_fpr'])} | "
                       f"{_f(r['fpr_realised'])} | {_f(block['length_auroc'])} |")
     print()
@@ -79,7 +84,7 @@ def ablation(found: list[tuple[str, dict]]) -> None:
             plain = next((r["auroc"] for r in rows if r["option"] == "plain S/n"), None)
             for r in rows:
                 delta = "–" if plain is None or r["auroc"] is None else f"{r['auroc'] - plain:+.2f}"
-                print(f"| {m} | {key.split('/', 1)[1]} | {r['option']} | `{r['representation']}` | "
+                print(f"| {m} | {key.split('/', 1)[1]} | {_md(r['option'])} | `{_md(r['representation'])}` | "
                       f"{_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | {_ci(r['auroc'], r['auroc_ci'])} | "
                       f"{delta} | {_f(r['tpr_at_benign_fpr'])} | {_f(r['fpr_realised'])} |")
 
