@@ -16,7 +16,8 @@ case "${1:-all}" in
   qwen2.5-1.5b) run qwen2.5-1.5b 60 bfloat16 -c results/configs/no-taylor.toml ;;
   transfer-*)  # round 2: held-out transfer, benign thresholds, prefix monitors (results/configs/transfer.toml)
     m="${1#transfer-}"
-    .venv/bin/kvstate study -c results/configs/transfer.toml --models "$m" --limit 120 -o "runs/results/transfer-$m"
+    size=(--limit 80 --dtype bfloat16); [ "$m" = smollm2-135m ] && size=(--limit 120 --dtype float32)
+    .venv/bin/kvstate study -c results/configs/transfer.toml --models "$m" "${size[@]}" -o "runs/results/transfer-$m"
     mkdir -p "results/transfer-$m" && cp "runs/results/transfer-$m/report.html" "runs/results/transfer-$m/results.json" "results/transfer-$m/" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac
