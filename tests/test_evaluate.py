@@ -354,3 +354,18 @@ def test_selection_corrected_removes_best_of_many_bias():
     # non-finite scores drop a candidate instead of poisoning the ranks
     bad = {**scores, "noise0": np.full(n, np.nan)}
     assert "noise0" not in selection_corrected(bad, fams, y, groups, n_repeats=2)["families"]["noise"]["picks"]
+
+
+@pytest.mark.parametrize("normal_groups, ok", [(3, False), (4, True)])
+def test_check_groups_needs_normal_items_in_every_training_part(normal_groups, ok):
+    """A task with 2 or 3 normal groups once passed the check and then crashed in an unsupervised fit
+    on one normal item (gemma3-270m answered 2 of 80 questions right)."""
+    from kvstate.study.evaluate import TooFewGroups, check_groups
+
+    y = np.r_[np.zeros(normal_groups, int), np.ones(20, int)]
+    groups = np.arange(len(y))
+    if ok:
+        assert check_groups(y, groups, 5) == 4
+    else:
+        with pytest.raises(TooFewGroups, match=">= 4 of label 0"):
+            check_groups(y, groups, 5)

@@ -35,12 +35,17 @@ def make_detector(name: str, dim: int, cfg: StudyConfig):
 
 def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:
     """The number of grouped folds a task allows: every training part needs normal items
-    (unsupervised) and both classes (probes), so each class must appear in at least k groups."""
+    (unsupervised) and both classes (probes), so each class must appear in at least k groups, and
+    normal items in at least 4 (so that each training part keeps >= 2 for an unsupervised fit)."""
     per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
     k = min([n_splits, *per_class])
-    if k < 2:
-        raise TooFewGroups(f"labels 0/1 occur in {per_class[0]}/{per_class[1]} groups; grouped CV needs >= 2 each")
+    if k < 2 or per_class[0] < MIN_NORMAL_GROUPS:
+        raise TooFewGroups(f"labels 0/1 occur in {per_class[0]}/{per_class[1]} groups; grouped CV needs >= 2 each "
+                           f"and >= {MIN_NORMAL_GROUPS} of label 0 (unsupervised detectors fit on the normal items)")
     return k
+
+
+MIN_NORMAL_GROUPS = 4
 
 
 def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> TaskResult:
