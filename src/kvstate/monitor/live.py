@@ -116,8 +116,11 @@ class Monitor:
 
     # -- state ------------------------------------------------------------------------------
     def _reset(self, prompt_weights: torch.Tensor) -> None:
+        # the spec's parsed forms, once per generate (not per layer call or step)
+        self._rope, self._kind = self.spec.rope, parse_kv_name(self.spec.representation)[1]
+        self._settings = RepresentationSettings.from_dict(self.spec.settings)
         phi = get_phi(self.spec.phi)
-        gamma = decay_of(parse_kv_name(self.spec.representation)[1])  # a decayed read-out keeps a decayed state
+        gamma = decay_of(self._kind)  # a decayed read-out keeps a decayed state
         self.states = {l: RecurrentState(phi, gamma) for l in self.spec.layers}
         self._prompt_weights = prompt_weights  # (B, T_prompt)
         self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
@@ -128,9 +131,6 @@ class Monitor:
         self._agg = Aggregator(self.aggregate, self.alpha, self.window)
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
-        # the spec's parsed forms, once per generate (not per layer call or step)
-        self._rope, self._kind = self.spec.rope, parse_kv_name(self.spec.representation)[1]
-        self._settings = RepresentationSettings.from_dict(self.spec.settings)
         eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
