@@ -99,3 +99,26 @@ def test_centering_on_real_states_and_errors():
         StateCentering().fit(S.reshape(3, -1))
     with pytest.raises(ValueError, match="equal blocks"):
         StateCentering(n_heads=7).fit(S.reshape(3, -1))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_learned_phi_states_and_readout_match_extract(arch, tmp_path):
+    """A study's Hedgehog map is recorded like any phi: its state equals kvstate.extract's and its
+    own-query read-out applies each KV head's map to that head's query group (GQA, several reads)."""
+    import torch
+
+    from kvstate.state.learned import collect_qk, train_learned_phi
+
+    lm = tiny_model(arch)
+    layers = list(range(lm.num_layers))
+    path = train_learned_phi(lm, PROMPTS, layers, n_features=8, steps=5, seed=1).save(tmp_path / "phi.safetensors")
+    spec = f"learned:{path}"
+    settings = RepresentationSettings(layers=tuple(layers), phis=("elu", spec), sweep=False, max_dim=8192)
+    c = capture_representations(lm, PROMPTS, settings, batch_size=3)
+    assert {"kv-learned-S/n@end", "kv-learned-attn@prompt_end", "kv-learned-attn@end"} <= set(c.rows[0])
+    st = kvstate.extract(lm, PROMPTS, layers=layers, phi=spec, reads=["prompt_end", "end"])
+    np.testing.assert_allclose(stack(c, "kv-learned-S/n@end"), st.features("S/n", "end"), rtol=1e-4, atol=1e-5)
+    seqs = [collect_qk(lm, [p], layers)[0] for p in PROMPTS]  # one prompt at a time: runs sort items by length
+    q_end = {l: torch.stack([s[l][0][0][:, -1:] for s in seqs]) for l in layers}  # (N, Hq, 1, d): each item's last query
+    ref = torch.cat([st.attend(q_end[l], "end", l)[:, :, 0].flatten(1) for l in layers], 1)
+    np.testing.assert_allclose(stack(c, "kv-learned-attn@end"), ref.numpy(), rtol=1e-4, atol=1e-5)

@@ -72,7 +72,8 @@ def test_end_to_end_tiny_study(setup):
     assert 0.2 < task["shuffled_label_auroc"] < 0.8
     assert any(k.startswith("tiny-llama | ") for k in res["transfer"])
     fid = res["fidelity"]["tiny-llama"]
-    assert fid["layers"] == [0, 1] and set(fid["series"]) == {"identity", "elu"}
+    assert fid["layers"] == [0, 1] and set(fid["series"]) == {"identity", "elu", "learned"}  # the study's own Hedgehog map
+    assert (root / "run" / "phi" / "tiny-llama.learned.safetensors").exists()
     assert all(v > 0 for s in fid["series"].values() for v in s)
     mon = res["monitor"]["tiny-llama/alpha"]
     assert mon["n_test"] == 6 and mon["n_fit"] == 6 and mon["n_calibration"] == 6 and mon["calibration"] == "benign"

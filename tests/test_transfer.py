@@ -17,7 +17,7 @@ from kvstate.deploy import Detector
 from kvstate.detect import detector_name
 from kvstate.study import StudyConfig, run_study
 
-REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "act-resid-last", "ctl-length", "ctl-bow"]
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "kv-learned-S/n", "act-resid-last", "ctl-length", "ctl-bow"]
 TOPICS = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
 runner = CliRunner()
 
@@ -89,13 +89,17 @@ def test_scrambled_test_labels_change_no_choice(study, tmp_path):
     root, res = study
     scrambled = _suite(root / "gamma.jsonl", 16, 2, "attack", scramble=True)  # same prompts, other labels
     cfg = _cfg(root, scrambled)
+    phi_file = root / "run" / "phi" / "tiny-llama.learned.safetensors"
+    made = phi_file.stat().st_mtime_ns
     again = run_study(cfg, root / "run")  # resumes from the store: only the labels of the test suite differ
+    assert phi_file.stat().st_mtime_ns == made  # the learned map is trained once per study folder, then reused
     _suite(root / "gamma.jsonl", 16, 2, "attack")  # restore for the other tests
     pick = lambda b: [(r["family"], r["supervised"], r["representation"], r["detector"]) for r in b["rows"]]  # noqa: E731
     a, b = res["heldout"]["tiny-llama/alpha -> gamma"], again["heldout"]["tiny-llama/alpha -> gamma"]
     assert pick(a) == pick(b)
     assert [r["auroc"] for r in a["rows"]] != [r["auroc"] for r in b["rows"]]  # the test labels did change
     assert [(r["option"], r["representation"]) for r in a["ablation"]] == [(r["option"], r["representation"]) for r in b["ablation"]]
+    assert "learned phi (Hedgehog)" in {r["option"] for r in b["ablation"]}
 
 
 def test_ablation_rows_are_each_options_training_cv_choice(study):
@@ -103,8 +107,16 @@ def test_ablation_rows_are_each_options_training_cv_choice(study):
     block = res["heldout"]["tiny-llama/alpha -> gamma"]
     options = {r["option"]: r for r in block["ablation"]}
     assert {"plain S/n", "decay 0.9", "compressed A S B^T", "head-normalised", "activation (best)", "control: BoW",
-            "control: length"} <= set(options)
+            "control: length", "learned phi (Hedgehog)", "bilinear probe on A S B^T"} <= set(options)
     table = res["tasks"]["tiny-llama/alpha"]["table"]
+    probes = res["tasks"]["tiny-llama/alpha"]["state_probes"]
+    # the bilinear probe reads the unprojected compressed state; its rows stay out of the table that deploys choose from
+    assert probes and {r["representation"] for r in probes} <= {"kv-identity-ASB/n@end", "kv-elu-ASB/n@end"}
+    assert all(r["detector"] == "query_probe" and r["dim"] == r["dim_used"] for r in probes)
+    assert not any(t["detector"] == "query_probe" for t in table)
+    best_probe = max(probes, key=lambda t: (t["auroc"], t["representation"]))
+    assert options["bilinear probe on A S B^T"]["representation"] == best_probe["representation"]
+    assert options["bilinear probe on A S B^T"]["in_distribution_auroc"] == best_probe["auroc"]
     from kvstate.representations import kv_option
 
     for option, r in options.items():

@@ -138,12 +138,16 @@ def kv_option(name: str) -> str | None:
 
     >>> kv_option("kv-elu-S/n-decay0.99@end"), kv_option("kv-identity-ASB/n"), kv_option("act-resid-last")
     ('decay 0.99', 'compressed A S B^T', None)
+    >>> kv_option("kv-learned-S/n@end"), kv_option("kv-learned-z/n@end")
+    ('learned phi (Hedgehog)', 'z/n')
     """
     n = RepName.parse(name)
     if n.prefix != "kv":
         return None
     if n.phi in ("attnw", "h2o", "hier"):
         return f"KV-cache {n.phi}"
+    if n.phi == "learned" and n.readout == "S/n":
+        return "learned phi (Hedgehog)"
     if n.readout.startswith(DECAY):
         return "decay " + n.readout.removeprefix(DECAY)
     return KV_OPTIONS.get(n.readout, n.readout)

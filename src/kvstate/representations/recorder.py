@@ -10,7 +10,8 @@ Names are stable (``family/name@read``) and every vector is float32. Families:
   (``h2o``: only the top-k tokens by received attention) and hierarchical (``hier``: per-segment
   states plus their sum). Off by default (:class:`RepresentationSettings` ``decays``, ``compress``,
   ``deltas``), for the ablation phis: decayed states (``S/n-decay<gamma>``), the structured
-  compression A (S/n) B^T (``ASB/n``) and the reply's own state (``dS/n``, read at the end only).
+  compression A (S/n) B^T (``ASB/n``; never projected further, so probes can read its per-head
+  a x b matrices) and the reply's own state (``dS/n``, read at the end only).
 - ``act``: residual stream at the read token and mean over tokens (RepE), per-head attention outputs
   before o_proj at the read token (ITI), LLM-Check attention and hidden-state scores, perplexity and
   mean token entropy.
@@ -236,7 +237,9 @@ class RepresentationRecorder(Recorder):
                 rep = RepName.parse(name)
                 full = str(rep.with_read(read)) if len(reads) > 1 and not rep.is_sweep else name
                 self.dims[full] = arr.shape[-1]
-                red = self.reduce(np.ascontiguousarray(arr[:, r]))
+                red = np.ascontiguousarray(arr[:, r])
+                if rep.readout != "ASB/n":  # the compressed state is the reduction; its head structure is kept
+                    red = self.reduce(red)
                 for i in range(B):
                     out[i][full] = red[i]
         self.rows.extend(out)
@@ -251,7 +254,8 @@ def _at_reads(x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
 def _linear_readout(q: torch.Tensor, S: torch.Tensor, z: torch.Tensor, phi) -> torch.Tensor:
     """phi(q) S / phi(q).z for the read token's queries: q (B, R, Hq, d), S (B, R, H, f, e)."""
     rep = q.shape[2] // S.shape[2]
-    fq = phi(q)
+    # per-head maps (a learned phi) read (..., heads, tokens, d); elementwise and shared maps take q as it is
+    fq = phi(q.transpose(1, 2)).transpose(1, 2) if hasattr(phi, "for_layer") else phi(q)
     S, z = S.repeat_interleave(rep, 2), z.repeat_interleave(rep, 2)
     num = torch.einsum("brhf,brhfe->brhe", fq, S)
     den = torch.einsum("brhf,brhf->brh", fq, z)

@@ -91,7 +91,9 @@ class KVState:
         li = self._layer_index([layer if layer is not None else self.layers[-1]])[0]
         S, z = self.S[:, r, li], self.z[:, r, li]
         rep = q.shape[1] // S.shape[1]
-        return linear_attention(q, S.repeat_interleave(rep, 1), z.repeat_interleave(rep, 1), get_phi(self.phi))
+        phi = get_phi(self.phi)
+        phi = phi.for_layer(self.layers[li]) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+        return linear_attention(q, S.repeat_interleave(rep, 1), z.repeat_interleave(rep, 1), phi)
 
     def delta(self, start: str = "prompt_end", stop: str = "end") -> "KVState":
         """The state of the tokens between two read points: S(stop) - S(start), one read ``"delta"``.

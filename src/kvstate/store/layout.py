@@ -56,6 +56,10 @@ class StudyLayout:
         """The cached replies of a model to a suite."""
         return self.out / "replies" / model / f"{safe_name(suite)}.json"
 
+    def learned_phi(self, model: str) -> Path:
+        """The Hedgehog feature map the study trained for a model (safetensors)."""
+        return self.out / "phi" / f"{safe_name(model)}.learned.safetensors"
+
     def has_store(self, model: str, suite: str) -> bool:
         return (self.store(model, suite) / "store.json").exists()
 

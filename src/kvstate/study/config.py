@@ -31,6 +31,7 @@ class StudyConfig:
     seed: int = 0
     layers: str = "upper3"
     phis: list[str] = field(default_factory=lambda: ["identity", "elu", "random", "taylor"])
+    learned_phi: bool = True  # also train each model's Hedgehog map (calibration prompts) and record its states
     detectors: list[str] = field(default_factory=lambda: list(UNSUPERVISED + SUPERVISED))
     all_detectors_for: list[str] = field(default_factory=lambda: list(CORE))
     representations: list[str] | None = None  # evaluate only names starting with one of these (None: all)

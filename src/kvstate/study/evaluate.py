@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from ..detect import QueryProbe, detector_name
 from ..detect import make_detector as _make_detector
 from ..evaluate import (
     confound_warnings,
@@ -25,12 +26,33 @@ from .config import CORE, LENGTH_MATCHED_FOR, StudyConfig
 from .progress import Stage, log
 from .types import SuiteData, TaskResult
 
-__all__ = ["TooFewGroups", "best", "check_groups", "evaluate_task", "make_detector"]
+__all__ = ["STATE_PROBE", "TooFewGroups", "best", "check_groups", "evaluate_task", "make_detector", "row_detector"]
+
+#: the bilinear probe on unflattened compressed states (:class:`~kvstate.detect.QueryProbe`); not
+#: in the flat-vector registry, because it needs the state's shape
+STATE_PROBE = "query_probe"
 
 
 def make_detector(name: str, dim: int, cfg: StudyConfig):
-    """A registered detector, behind PCA when the vectors are wide and the detector unsupervised."""
+    """A registered detector, behind PCA when the vectors are wide and the detector unsupervised;
+    ``STATE_PROBE``: a rank-1 bilinear probe per head on ``dim``-wide compressed states
+    (per head an a x b matrix, ``cfg.compress = [a, b]``)."""
+    if name == STATE_PROBE:
+        a, b = cfg.compress or (0, 0)
+        if not a or dim % (a * b):
+            raise ValueError(f"the state probe reads compressed states of (a, b) = {tuple(cfg.compress)} per head; "
+                             f"a {dim}-wide vector is not one (set compress = [a, b] and use a kv-<phi>-ASB/n state)")
+        return QueryProbe(state_shape=(dim // (a * b), 1, a, b), kind="bilinear", rank=1, random_state=cfg.seed)
     return _make_detector(name, dim, reduce_above=cfg.reduce_above, seed=cfg.seed)
+
+
+def row_detector(descriptor: str) -> str:
+    """The :func:`make_detector` name inside an evaluation row's detector descriptor."""
+    return STATE_PROBE if descriptor == STATE_PROBE else detector_name(descriptor)
+
+
+def _is_compressed(name: str) -> bool:
+    return RepName.parse(name).readout == "ASB/n"
 
 
 def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:
@@ -60,6 +82,7 @@ def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> Tas
     extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)
                    and (cfg.representations is None or c.startswith(tuple(cfg.representations)))]
     rows, results = [], {}
+    probes = [n for n in main if _is_compressed(n)] if cfg.compress and "logistic" in cfg.detectors else []
     try:
         matched = length_matched_indices(lengths, y, seed=cfg.seed)
     except ValueError:  # no length bin holds both classes: length alone separates them
@@ -69,7 +92,7 @@ def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> Tas
             base = RepName.parse(name).base
             dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
             X = arrays[name]
-            for det_name in dets:
+            for det_name in dets + ([STATE_PROBE] if name in probes else []):
                 det = make_detector(det_name, X.shape[1], cfg)
                 r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
                                       representation=name)
@@ -88,7 +111,12 @@ def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> Tas
                 results[(name, r.detector)] = r
             stage.advance(1)
     log(f"  evaluated {len(rows)} representation x detector rows")
-    task: TaskResult = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows}
+    # the state probe's rows sit beside the table: the ablation compares them, but nothing that
+    # deploys or monitors a table row (flat vectors, registered detectors) can pick them
+    state_probes = [r for r in rows if r["detector"] == STATE_PROBE]
+    rows = [r for r in rows if r["detector"] != STATE_PROBE]
+    task: TaskResult = {"n": int(len(y)), "label_counts": {str(k): int((y == k).sum()) for k in (0, 1)}, "table": rows,
+                        "state_probes": state_probes}
     task["curves"] = _curves(rows, results)
     # the "best" rows above are maxima over many candidates; this picks on half the groups, scores the other
     unsup = {f"{r['representation']}|{r['detector']}": r for r in rows

@@ -1,20 +1,46 @@
-"""Stage: how well each phi's linear attention reproduces the model's softmax attention."""
+"""Stages of the feature maps: the learned (Hedgehog) map of each model, and how well each phi's
+linear attention reproduces the model's softmax attention."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from ..capture import check_layers
 from ..models import LoadedModel
 from ..state.fidelity import attention_fidelity
-from ..state.learned import HELDOUT_PROMPTS
+from ..state.learned import CALIBRATION_PROMPTS, HELDOUT_PROMPTS, LearnedPhi, train_learned_phi
+from ..store import StudyLayout
 from .config import StudyConfig
+from .progress import log
 from .types import FidelityResult
 
-__all__ = ["phi_fidelity"]
+__all__ = ["learned_phi", "phi_fidelity"]
 
 
-def phi_fidelity(lm: LoadedModel, cfg: StudyConfig) -> FidelityResult:
+def learned_phi(lm: LoadedModel, layout: StudyLayout, layers: Sequence[int], cfg: StudyConfig) -> str:
+    """The spec (``learned:<path>``) of the model's Hedgehog map at ``layers``, trained once on the
+    calibration prompts (no suite's items) and cached in the study folder; a cached map trained
+    for other layers or another seed is retrained."""
+    path = layout.learned_phi(lm.name)
+    if path.exists():
+        phi = LearnedPhi.load(path)
+        if phi.layers == sorted(layers) and phi.meta.get("seed") == cfg.seed and phi.meta.get("model") == lm.name:
+            return f"learned:{path}"
+    log(f"[{lm.name}] training the learned (Hedgehog) phi at layers {list(layers)}")
+    train_learned_phi(lm, CALIBRATION_PROMPTS, list(layers), seed=cfg.seed, batch_size=cfg.batch_size).save(path)
+    return f"learned:{path}"
+
+
+def phi_fidelity(lm: LoadedModel, cfg: StudyConfig, phis: Sequence[str] | None = None) -> FidelityResult:
     """Relative error of linear attention vs the model's softmax attention output, per layer and phi,
-    on prompts no suite uses (the learned phi's held-out set)."""
-    df = attention_fidelity(lm, HELDOUT_PROMPTS, list(cfg.phis), layers=cfg.fidelity_layers, batch_size=cfg.batch_size)
+    on prompts no suite uses (the learned phi's held-out set). ``phis`` defaults to ``cfg.phis``; a
+    learned map is measured at the fidelity layers it was trained for."""
+    phis = list(phis or cfg.phis)
+    layers = check_layers(lm, cfg.fidelity_layers)
+    learned = [p for p in phis if p.startswith("learned:")]
+    if learned and not set(layers) <= set(LearnedPhi.load(learned[0].partition(":")[2]).layers):
+        phis = [p for p in phis if p not in learned]  # no weights at some fidelity layer
+    df = attention_fidelity(lm, HELDOUT_PROMPTS, phis, layers=cfg.fidelity_layers, batch_size=cfg.batch_size)
     layers = sorted(df["layer"].unique().tolist())
     series = {str(p): [round(float(df[(df.phi == p) & (df.layer == l)]["rel_err"].iloc[0]), 4) for l in layers]
               for p in df["phi"].unique()}

@@ -32,7 +32,7 @@ from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
 from .config import EVALUATION_SETTINGS, StudyConfig
 from .evaluate import TooFewGroups, best, check_groups, evaluate_task
-from .fidelity import phi_fidelity
+from .fidelity import learned_phi, phi_fidelity
 from .generate import fit_context, replies
 from .monitor import evaluate_monitor
 from .progress import log
@@ -105,9 +105,10 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
     for model_name in cfg.models:
         t_model = time.perf_counter()
         lm = load_model(model_name, dtype=cfg.dtype)
-        settings = RepresentationSettings(layers=tuple(check_layers(lm, cfg.layers)), phis=tuple(cfg.phis), seed=cfg.seed,
-                                          projection=cfg.projection, decays=tuple(cfg.decays),
-                                          compress=tuple(cfg.compress), deltas=cfg.deltas)
+        layers = tuple(check_layers(lm, cfg.layers))
+        phis = (*cfg.phis, learned_phi(lm, layout, layers, cfg)) if cfg.learned_phi else tuple(cfg.phis)
+        settings = RepresentationSettings(layers=layers, phis=phis, seed=cfg.seed, projection=cfg.projection,
+                                          decays=tuple(cfg.decays), compress=tuple(cfg.compress), deltas=cfg.deltas)
         per_suite: dict[str, SuiteData | None] = {}
         benign = (load_suite(cfg.calibration_suite, limit=cfg.monitor_items, seed=cfg.seed)
                   if cfg.calibration_suite and cfg.monitor_items > 0 and cfg.monitor_suites else None)
@@ -149,7 +150,7 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         if results["tasks"]:  # never replace a results file with one that has no task
             write_json(layout.results, results, sort_keys=True)
         if cfg.fidelity_layers:
-            results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg)
+            results.setdefault("fidelity", {})[lm.name] = phi_fidelity(lm, cfg, settings.phis)
         log(f"[{lm.name}] finished in {time.perf_counter() - t_model:.0f} s")
         del lm
     _keep_previous(layout, results)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..deploy import choose
-from ..detect import detector_name, threshold_for_fpr
+from ..detect import threshold_for_fpr
 from ..evaluate import auroc_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
 from ..representations import RepName, kv_option
 from .config import StudyConfig
-from .evaluate import make_detector
+from .evaluate import STATE_PROBE, make_detector, row_detector
 from .types import HeldoutTransfer, SuiteData, TaskResult, TransferBlock
 
 __all__ = ["FAMILIES", "TRANSFER_REPRESENTATIONS", "choose", "cross_suite", "fit_choice", "heldout_transfer"]
@@ -56,7 +56,7 @@ def _length_matched_auroc(test: SuiteData, s: np.ndarray, seed: int) -> float | 
 def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
     """The chosen detector fitted on every training item (probes) or every normal one."""
     X = train.arrays[row["representation"]]
-    det = make_detector(detector_name(row["detector"]), X.shape[1], cfg)
+    det = make_detector(row_detector(row["detector"]), X.shape[1], cfg)
     return fit_clone(det, X, train.y)
 
 
@@ -105,16 +105,20 @@ def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib:
             "layer_sweep": _sweep_transfer(train, test, cfg), "ablation": _ablation(train, task, test, calib, cfg)}
 
 
-def _ablation_groups(table: list[dict]) -> dict[str, list[dict]]:
+def _ablation_groups(table: list[dict], state_probes: list[dict] = ()) -> dict[str, list[dict]]:
     """Logistic rows at the end read point, grouped by the option they test: each kv state option,
-    the activations (the baseline to beat) and the two controls."""
+    the activations (the baseline to beat) and the two controls; and the bilinear state probe on
+    the compressed states, an option of its own."""
     groups: dict[str, list[dict]] = {}
-    for r in table:
+    for r in [*table, *state_probes]:
         n = RepName.parse(r["representation"])
-        if r["detector"] != "logistic" or n.read not in (None, "end") or n.is_sweep:
+        if r["detector"] not in ("logistic", STATE_PROBE) or n.read not in (None, "end") or n.is_sweep:
             continue
-        option = kv_option(str(n)) if n.prefix == "kv" else {"ctl-bow": "control: BoW", "ctl-length": "control: length"}.get(
-            n.base, "activation (best)" if n.prefix == "act" else None)
+        if r["detector"] == STATE_PROBE:
+            option = "bilinear probe on A S B^T"
+        else:
+            option = kv_option(str(n)) if n.prefix == "kv" else {"ctl-bow": "control: BoW", "ctl-length": "control: length"}.get(
+                n.base, "activation (best)" if n.prefix == "act" else None)
         if option is not None:
             groups.setdefault(option, []).append(r)
     return groups
@@ -127,13 +131,13 @@ def _ablation(train: SuiteData, task: TaskResult, test: SuiteData, calib: SuiteD
     with the plain state and the best activation read-out on the same items. An option whose
     training vectors are constant (the reply-only state where items have no reply) has no row."""
     rows = []
-    for option, group in sorted(_ablation_groups(task["table"]).items()):
+    for option, group in sorted(_ablation_groups(task["table"], task.get("state_probes", [])).items()):
         row = max(group, key=lambda r: (r["auroc"], r["representation"]))
         X = train.arrays.get(row["representation"])
         if X is None or not np.ptp(X, axis=0).any():  # constant, e.g. the reply-only state of a suite without replies
             continue
         if row["representation"] in test.arrays:
-            rows.append({"option": option, **_transfer_row(train, row, test, calib, cfg)[0]})
+            rows.append({"option": option, "detector": row["detector"], **_transfer_row(train, row, test, calib, cfg)[0]})
     return rows
 
 

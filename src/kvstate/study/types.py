@@ -53,6 +53,7 @@ class TaskResult(TypedDict, total=False):
     n: int
     label_counts: dict[str, int]
     table: list[dict[str, Any]]  # one row per representation x detector
+    state_probes: list[dict[str, Any]]  # the bilinear probe on compressed states, rows as in ``table``
     curves: dict[str, dict[str, list[float]]]
     selection_corrected: dict[str, Any]
     layer_sweep: dict[str, Any]
@@ -115,4 +116,4 @@ class HeldoutTransfer(TypedDict):
     fpr: float
     rows: list[dict[str, Any]]
     layer_sweep: dict[str, Any]
-    ablation: list[dict[str, Any]]  # one row per state option (logistic, chosen on training CV within the option)
+    ablation: list[dict[str, Any]]  # one row per state option (chosen on training CV within the option)
