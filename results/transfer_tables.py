@@ -6,7 +6,9 @@ Table 1, held-out transfer: each family's probe and unsupervised detector, chose
 suite's grouped CV only, fitted on all of it, scored on another dataset of the same task; TPR and the
 realised FPR at a threshold set at 1% FPR on benign chat. Table 2, live monitors on held-out items.
 Table 3, the state options of the read-out issue under the same protocol: per option the logistic
-probe with the best training-CV AUROC within that option, with its change against the plain state.
+probe (the bilinear state probe for its own row) with the best training-CV AUROC within that option,
+with its change against the plain state. Table 4, the same changes as one option x task matrix: which
+option moved which task, and whether its CI excludes the plain state's AUROC.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def main(folders: list[Path]) -> None:
 
 def ablation(found: list[tuple[str, dict]]) -> None:
     print()
-    print("State options under the transfer protocol (logistic probe; within each option the feature map with the best "
+    print("State options under the transfer protocol (logistic probe, or the rank-1 bilinear probe per head on the "
+          "unflattened compressed state for its row; within each option the feature map with the best "
           "training-CV AUROC; delta = transfer AUROC minus the plain S/n state's on the same items).")
     print()
     print("| model | train -> test | option | representation | in distribution [CI] | transfer AUROC [CI] | "
@@ -87,6 +90,39 @@ def ablation(found: list[tuple[str, dict]]) -> None:
                 print(f"| {m} | {key.split('/', 1)[1]} | {_md(r['option'])} | `{_md(r['representation'])}` | "
                       f"{_ci(r['in_distribution_auroc'], r['in_distribution_ci'])} | {_ci(r['auroc'], r['auroc_ci'])} | "
                       f"{delta} | {_f(r['tpr_at_benign_fpr'])} | {_f(r['fpr_realised'])} |")
+
+
+    moved(found)
+
+
+def moved(found: list[tuple[str, dict]]) -> None:
+    """Option x (model, task) matrix of transfer AUROC changes against the plain state; ``*`` marks a
+    change whose 95% CI excludes the plain state's AUROC (up or down)."""
+    cols, cells = [], {}
+    for m, res in found:
+        for key, block in (res.get("heldout") or {}).items():
+            rows = block.get("ablation") or []
+            plain = next((r["auroc"] for r in rows if r["option"] == "plain S/n"), None)
+            if plain is None:
+                continue
+            col = f"{m}: {key.split('/', 1)[1].split(' -> ')[0]}"
+            cols.append(col)
+            for r in rows:
+                if r["option"] == "plain S/n" or r["auroc"] is None:
+                    continue
+                lo, hi = r.get("auroc_ci") or (None, None)
+                sure = lo is not None and (lo > plain or hi < plain)
+                cells[(r["option"], col)] = f"{r['auroc'] - plain:+.2f}" + ("*" if sure else "")
+    if not cols:
+        return
+    print()
+    print("Which option moved which task: transfer AUROC minus the plain S/n state's (* : the option's 95% CI excludes "
+          "the plain state's AUROC; – : not recorded or not evaluable).")
+    print()
+    print("| option | " + " | ".join(_md(c) for c in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for option in sorted({o for o, _ in cells}):
+        print(f"| {_md(option)} | " + " | ".join(cells.get((option, c), "–") for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,32 @@ def test_monitor_keeps_the_decayed_state_the_study_stored(arch):
     assert np.abs(plain - live).max() > 1e-3  # the decay changed the state
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_monitor_keeps_the_compressed_state_the_study_stored(arch):
+    """kv-elu-ASB/n: the monitor keeps A S B^T itself (updated from A phi(k), B v), never the full
+    state or a projection matrix, and its features equal the stored, unprojected ones."""
+    lm = tiny_model(arch)
+    settings = RepresentationSettings(layers=(0, 1), phis=("elu",), ablation_phis=("elu",), sweep=False, max_dim=8,
+                                      compress=(4, 3))
+    spec = MonitorSpec("kv-elu-ASB/n", [0, 1], {"name": "elu"}, settings.to_dict())
+    live, stored = _live_vs_stored(lm, spec, settings, "kv-elu-ASB/n@end")
+    H = lm.model.config.num_key_value_heads
+    assert live.shape == stored.shape == (2 * H * 4 * 3,)  # wider than max_dim, and not projected
+    np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
+
+
+def test_monitor_applies_a_learned_phi_per_layer(tmp_path):
+    """A study's Hedgehog map has weights per layer: each running state uses its own layer's map."""
+    from kvstate.state.learned import train_learned_phi
+
+    lm = tiny_model("qwen2")
+    path = train_learned_phi(lm, PROMPTS, [0, 1], n_features=8, steps=5, seed=1).save(tmp_path / "phi.safetensors")
+    settings = RepresentationSettings(layers=(0, 1), phis=(f"learned:{path}",), ablation_phis=(), sweep=False, max_dim=8192)
+    spec = MonitorSpec("kv-learned-S/n", [0, 1], {"name": "learned", "path": str(path)}, settings.to_dict())
+    live, stored = _live_vs_stored(lm, spec, settings, "kv-learned-S/n@end")
+    np.testing.assert_allclose(live, stored, rtol=1e-4, atol=1e-5)
+
+
 def test_random_phi_monitor_scores_the_stored_features_when_the_seed_is_not_zero():
     """A study with seed != 0: fit_monitor once built its random features with the study seed while
     the recorder used the phi spec's own (seed 0), so the monitor scored other features than stored."""

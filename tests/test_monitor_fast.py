@@ -18,7 +18,7 @@ PROMPTS = ["Tell me about cats", [{"role": "system", "content": "Be brief."}, {"
 
 def _spec(lm, rep, max_dim, projection="gaussian", threshold=None):
     layers = list(range(lm.num_layers))
-    settings = RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection)
+    settings = RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection, compress=(8, 6))
     return MonitorSpec(rep, layers, {"name": "elu"}, settings.to_dict(), threshold=threshold)
 
 
@@ -51,7 +51,7 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("name", ["logistic", "diffmean"])
-@pytest.mark.parametrize("rep", ["kv-elu-S/n", "kv-elu-S/n-hn"])
+@pytest.mark.parametrize("rep", ["kv-elu-S/n", "kv-elu-S/n-hn", "kv-elu-ASB/n"])
 @pytest.mark.parametrize("max_dim,projection", [(64, "gaussian"), (64, "sparse"), (100_000, "gaussian")])
 def test_folded_scores_equal_dense_scores(name, rep, max_dim, projection):
     lm = tiny_model("llama")
@@ -61,6 +61,8 @@ def test_folded_scores_equal_dense_scores(name, rep, max_dim, projection):
     assert folded.scoring == "folded" and dense.scoring == "dense"
     D = folded.readout().shape[1]
     assert (D > max_dim) == (max_dim == 64)  # the small max_dim does force the projection
+    if rep.endswith("ASB/n"):  # ... except on the compressed state, which is kept whole
+        assert dense.features().shape[1] == D
     np.testing.assert_array_equal(res_f.sequences, res_d.sequences)
     assert np.isfinite(res_d.scores).all() and np.ptp(res_d.scores) > 0  # scores move with the state
     _assert_same(res_f.scores, res_d.scores)

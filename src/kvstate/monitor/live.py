@@ -22,9 +22,9 @@ from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_b
 from ..deploy import Detector
 from ..detect import threshold_for_fpr
 from ..models import LoadedModel
-from ..representations import Reducer, RepresentationSettings, decay_of, kv_features, parse_kv_name
+from ..representations import COMPRESSED, RepresentationSettings, decay_of, kv_features, parse_kv_name
 from ..representations.readout import kv_readout
-from ..state import RecurrentState, get_phi
+from ..state import RecurrentState, compression_matrices, get_phi
 from .aggregate import Aggregate, Aggregator
 from .fold import affine_form
 from .spec import MonitorSpec, spec_from_detector
@@ -121,7 +121,8 @@ class Monitor:
         self._settings = RepresentationSettings.from_dict(self.spec.settings)
         phi = get_phi(self.spec.phi)
         gamma = decay_of(self._kind)  # a decayed read-out keeps a decayed state
-        self.states = {l: RecurrentState(phi, gamma) for l in self.spec.layers}
+        self.states = {l: RecurrentState(phi.for_layer(l) if hasattr(phi, "for_layer") else phi, gamma)  # learned maps: per layer
+                       for l in self.spec.layers}
         self._prompt_weights = prompt_weights  # (B, T_prompt)
         self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
         self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)
@@ -143,7 +144,12 @@ class Monitor:
         else:  # one new token per row; finished rows keep receiving padding, which must not count
             w = self._count.float()[:, None].expand(-1, call.q_len)
         self._head_dim = k.shape[-1]
-        self.states[call.layer].update(k, v, w.to(k.device))
+        state = self.states[call.layer]
+        if self._kind == COMPRESSED and state.project is None:  # keep A S B^T itself: O((a + b) d) per token
+            a, b = self._settings.compress
+            f = state.phi(k[:, :, :1].float()).shape[-1]
+            state.project = compression_matrices(k.shape[1], f, v.shape[-1], a, b, self._settings.seed, device=k.device)
+        state.update(k, v, w.to(k.device))
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Current S (B, L, H, f, e), z (B, L, H, f), n (B, L) over the monitored layers."""
@@ -175,7 +181,7 @@ class Monitor:
         if u is None:
             self.scoring = "dense"
             st = self._settings
-            x = Reducer(st.max_dim, st.seed, st.projection)(np.ascontiguousarray(f.cpu().numpy()))
+            x = st.reducer(self._kind)(np.ascontiguousarray(f.cpu().numpy()))
             return np.asarray(self.detector.decision_function(x), dtype=float)
         self.scoring = "folded"
         return (f.double() @ u).cpu().numpy() + c
@@ -187,12 +193,12 @@ class Monitor:
         if self._folded is None or self._folded[0] != key:
             # reading w off the detector calls it on ~max_dim rows: only for fitted estimators, whose scores
             # are a pure function of the rows (not for a hand-made scorer that counts its calls)
-            form = affine_form(self.detector.decision_function, min(f.shape[1], settings.max_dim)) \
+            form = affine_form(self.detector.decision_function, min(f.shape[1], settings.reducer(self._kind).max_dim)) \
                 if isinstance(self.detector, BaseEstimator) else None
             if form is None:
                 self._folded = (key, None, float("nan"))
             else:
-                u = Reducer(settings.max_dim, settings.seed, settings.projection).adjoint(form[0], f.shape[1])
+                u = settings.reducer(self._kind).adjoint(form[0], f.shape[1])
                 self._folded = (key, torch.from_numpy(u).to(f.device), form[1])
         return self._folded[1], self._folded[2]
 

@@ -29,7 +29,7 @@ __all__ = ["FAMILIES", "KV_KINDS", "RepName", "decay_of", "family", "kv_option",
 FAMILIES = {"kv": "kv-state", "sweep-kv": "kv-state", "act": "activation", "sweep-resid": "activation", "ctl": "control"}
 #: kv read-outs a running state can rebuild (what a live monitor may score), besides the decayed
 #: ``S/n-decay<gamma>`` (a running state with that decay)
-KV_KINDS = ("S/n", "S/n-hn", "S/n-pre", "z/n", "S|z|", "S")
+KV_KINDS = ("S/n", "S/n-hn", "S/n-pre", "z/n", "S|z|", "S", "ASB/n")
 DECAY = "S/n-decay"
 
 

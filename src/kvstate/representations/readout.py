@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from .names import KV_KINDS, decay_of
-from .projection import Reducer, sketch
-from .settings import RepresentationSettings
+from .projection import sketch
+from .settings import COMPRESSED, RepresentationSettings
 
 __all__ = ["headnorm", "kv_features", "kv_readout"]
 
@@ -27,7 +27,7 @@ def kv_features(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, se
     :func:`kv_readout`, then the seeded projection (:class:`Reducer`) when wider than ``settings.max_dim``.
     """
     flat = kv_readout(S, z, n, kind, settings, head_dim).cpu().numpy()
-    return Reducer(settings.max_dim, settings.seed, settings.projection)(np.ascontiguousarray(flat))
+    return settings.reducer(kind)(np.ascontiguousarray(flat))
 
 
 def kv_readout(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, settings: RepresentationSettings,
@@ -53,6 +53,8 @@ def kv_readout(S: torch.Tensor, z: torch.Tensor, n: torch.Tensor, kind: str, set
         x = Sv / z.norm(dim=-1).clamp_min(1e-8)[..., None, None]
     elif kind == "S":
         x = Sv
+    elif kind == COMPRESSED:  # the running state is already A S B^T (a x b per head)
+        x = S / nn_
     else:
         raise ValueError(f"unknown kv read-out {kind!r}. Available: {', '.join(KV_KINDS)}")
     return x.float().flatten(1)

@@ -39,9 +39,9 @@ from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, 
 from ..state import compression_matrices, decay_weights, get_phi, parallel_state
 from ..state.phi import Identity
 from .names import RepName
-from .projection import Reducer, sketch
+from .projection import sketch
 from .readout import headnorm
-from .settings import POSITIVE_PHI, RepresentationSettings
+from .settings import COMPRESSED, POSITIVE_PHI, RepresentationSettings
 
 __all__ = ["Captured", "RepresentationRecorder", "capture_representations"]
 
@@ -65,7 +65,6 @@ class RepresentationRecorder(Recorder):
         self.layers = list(settings.layers) or list(range(num_layers))
         self.num_layers = num_layers
         self.phis = list(settings.feature_maps().items())
-        self.reduce = Reducer(settings.max_dim, settings.seed, settings.projection)
         self.rows: list[dict[str, np.ndarray]] = []
         self.dims: dict[str, int] = {}
 
@@ -150,7 +149,7 @@ class RepresentationRecorder(Recorder):
             a, bb = self.s.compress
             A, Bm = compression_matrices(k.shape[1], S.shape[-2], S.shape[-1], a, bb, self.s.seed, device=k.device)
             Sc, _, _ = parallel_state(k, v, phi, w, project=(A, Bm))
-            self._add(f"kv-{key}-ASB/n", Sc / cnt.clamp_min(1.0)[..., None, None, None])
+            self._add(f"kv-{key}-{COMPRESSED}", Sc / cnt.clamp_min(1.0)[..., None, None, None])
         reads = self.batch.reads
         if self.s.deltas and "prompt_end" in reads and reads[-1] == "end":
             p, e = reads.index("prompt_end"), len(reads) - 1
@@ -237,9 +236,7 @@ class RepresentationRecorder(Recorder):
                 rep = RepName.parse(name)
                 full = str(rep.with_read(read)) if len(reads) > 1 and not rep.is_sweep else name
                 self.dims[full] = arr.shape[-1]
-                red = np.ascontiguousarray(arr[:, r])
-                if rep.readout != "ASB/n":  # the compressed state is the reduction; its head structure is kept
-                    red = self.reduce(red)
+                red = self.s.reducer(rep.readout)(np.ascontiguousarray(arr[:, r]))
                 for i in range(B):
                     out[i][full] = red[i]
         self.rows.extend(out)

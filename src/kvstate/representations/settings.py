@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass
 
 from .._options import Projection, check_option
 from ..state import FeatureMap, get_phi, key_name
+from .projection import Reducer
 
-__all__ = ["POSITIVE_PHI", "RepresentationSettings"]
+__all__ = ["COMPRESSED", "POSITIVE_PHI", "RepresentationSettings"]
 
 POSITIVE_PHI = ("elu", "relu", "random", "taylor")  #: maps with phi >= 0, for which S/|z| is defined
+COMPRESSED = "ASB/n"  #: the read-out of the structured compression A (S/n) B^T, itself the reduction
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,12 @@ class RepresentationSettings:
     def from_dict(cls, d: dict) -> "RepresentationSettings":
         """Inverse of :meth:`to_dict`, also after a JSON round trip (lists back to tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def reducer(self, readout: str | None = None) -> Reducer:
+        """The whole-vector reduction a stored read-out goes through: the seeded projection above
+        ``max_dim``, except for the compressed state (``ASB/n``), which is stored whole so that
+        its per-head a x b matrices stay readable (it is the reduction)."""
+        return Reducer(2**62 if readout == COMPRESSED else self.max_dim, self.seed, self.projection)
 
     def feature_maps(self) -> dict[str, FeatureMap]:
         """The feature maps of ``phis``, keyed as the stored names key them (``random64``, ...).

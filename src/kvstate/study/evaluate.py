@@ -82,7 +82,9 @@ def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> Tas
     extra_reads = [f"{c}@prompt_end" for c in CORE if f"{c}@prompt_end" in arrays and _has_response(items)
                    and (cfg.representations is None or c.startswith(tuple(cfg.representations)))]
     rows, results = [], {}
-    probes = [n for n in main if _is_compressed(n)] if cfg.compress and "logistic" in cfg.detectors else []
+    # a store written before the compressed state was kept whole holds it randomly projected: no state probe there
+    probes = [n for n in main if _is_compressed(n) and int(dims.get(n, -1)) == arrays[n].shape[1]] \
+        if cfg.compress and "logistic" in cfg.detectors else []
     try:
         matched = length_matched_indices(lengths, y, seed=cfg.seed)
     except ValueError:  # no length bin holds both classes: length alone separates them
