@@ -17,8 +17,8 @@ is the noise of the run):
 3. **study** — the study's all-representations pass on the 32 longest prompts of
    ``load_suite("jailbreak", limit=200, seed=0)`` (batches of 8, reads prompt_end and end, as
    ``store.chunks.capture_chunk``) against a plain forward with ``output_hidden_states=True`` on
-   the same padded batches, and where the recorder's time goes (wall time inside each of its
-   steps, one extra pass).
+   the same padded batches, with and without the learned (Hedgehog) phi a default study adds, and
+   where the recorder's time goes (wall time inside each of its steps, one extra pass).
 
     python benchmarks/state_options.py --quick      # a few minutes on 2 idle cores
     python benchmarks/state_options.py              # the full grid
@@ -261,14 +261,28 @@ def breakdown(f) -> dict:
     return {"total_s": total, "inside_s": dict(acc.most_common())}
 
 
+def learned_spec(lm, layers) -> str:
+    """The study's learned phi (``StudyConfig.learned_phi``): a Hedgehog map trained on the
+    calibration prompts at ``layers``, saved to a temporary file; its ``learned:<path>`` spec."""
+    import tempfile
+
+    from kvstate.state.learned import CALIBRATION_PROMPTS, train_learned_phi
+
+    path = Path(tempfile.mkdtemp(prefix="kvstate-bench-")) / "phi.safetensors"
+    train_learned_phi(lm, CALIBRATION_PROMPTS, list(layers)).save(path)
+    return f"learned:{path}"
+
+
 def bench_study(quick: bool) -> dict:
     lm = model()
     n, rounds = (8, 1) if quick else (32, 3)
     items = study_items(lm, n)
     st = settings(lm)
+    with_learned = settings(lm, phis=(*st.phis, learned_spec(lm, st.layers)))  # what a default study records now
     fns = {"plain_hidden": plain_batches(lm, items, 8, hidden=True),
            "plain_hidden_2": plain_batches(lm, items, 8, hidden=True),
-           "all_representations": recording(lm, items, st, 8)}
+           "all_representations": recording(lm, items, st, 8),
+           "all_representations_learned_phi": recording(lm, items, with_learned, 8)}
     log(f"study n={n} rounds={rounds} tokens {len(items[0])}..{len(items[-1])}")
     res = interleaved(fns, rounds, warmup=1, ref="plain_hidden")
     out = {"model": MODEL, "suite": "jailbreak", "items": n, "tokens": [len(e) for e in items], "batch_size": 8,
@@ -276,7 +290,9 @@ def bench_study(quick: bool) -> dict:
     out["goal_ratio"] = 1.3
     out["ratio"] = out["methods"]["all_representations"]["ratio_to_plain_hidden"]
     out["noise_ratio"] = out["methods"]["plain_hidden_2"]["ratio_to_plain_hidden"]
-    log(f"  ratio {out['ratio']:.2f} (noise control {out['noise_ratio']:.2f})")
+    out["ratio_learned_phi"] = out["methods"]["all_representations_learned_phi"]["ratio_to_plain_hidden"]
+    log(f"  ratio {out['ratio']:.2f}, with the learned phi {out['ratio_learned_phi']:.2f} "
+        f"(noise control {out['noise_ratio']:.2f})")
     out["breakdown"] = breakdown(fns["all_representations"])
     return out
 
@@ -320,7 +336,10 @@ def render(state: dict) -> str:
                   "| method | median s | × plain_hidden |", "|---|---|---|"]
         for n, r in stu["methods"].items():
             lines.append(f"| {n} | {r['wall_median_ms'] / 1e3:.1f} | {r['ratio_to_plain_hidden']:.3f} |")
-        lines += ["", f"Goal ≤ {stu['goal_ratio']}×: measured {stu['ratio']:.2f}× (noise control {stu['noise_ratio']:.2f}×).",
+        learned = (f"; {stu['ratio_learned_phi']:.2f}× with the learned φ the default study now adds"
+                   if stu.get("ratio_learned_phi") else "")
+        lines += ["", f"Goal ≤ {stu['goal_ratio']}×: measured {stu['ratio']:.2f}×{learned} "
+                  f"(noise control {stu['noise_ratio']:.2f}×).",
                   "", "Wall time inside the recorder's steps (one extra pass; nested steps are counted in their parents too):",
                   "", "| step | s | share of the pass |", "|---|---|---|"]
         bd = stu["breakdown"]
