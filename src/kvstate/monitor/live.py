@@ -24,7 +24,7 @@ from ..detect import threshold_for_fpr
 from ..models import LoadedModel
 from ..representations import COMPRESSED, RepresentationSettings, decay_of, kv_features, parse_kv_name
 from ..representations.readout import kv_readout
-from ..state import RecurrentState, compression_matrices, get_phi
+from ..state import RecurrentState, compression_matrices, for_layer, get_phi
 from .aggregate import Aggregate, Aggregator
 from .fold import affine_form
 from .spec import MonitorSpec, spec_from_detector
@@ -121,8 +121,7 @@ class Monitor:
         self._settings = RepresentationSettings.from_dict(self.spec.settings)
         phi = get_phi(self.spec.phi)
         gamma = decay_of(self._kind)  # a decayed read-out keeps a decayed state
-        self.states = {l: RecurrentState(phi.for_layer(l) if hasattr(phi, "for_layer") else phi, gamma)  # learned maps: per layer
-                       for l in self.spec.layers}
+        self.states = {l: RecurrentState(for_layer(phi, l), gamma) for l in self.spec.layers}  # learned maps: per layer
         self._prompt_weights = prompt_weights  # (B, T_prompt)
         self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
         self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)

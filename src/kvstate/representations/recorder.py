@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, run
-from ..state import compression_matrices, decay_weights, get_phi, parallel_state
+from ..state import compression_matrices, decay_weights, for_layer, get_phi, parallel_state
 from ..state.phi import Identity
 from .names import RepName
 from .projection import sketch
@@ -105,7 +105,7 @@ class RepresentationRecorder(Recorder):
         k_pre = call.new_keys("pre").float() if has_rope else k_post
         q_last = _at_reads(call.query.float(), b.ends)  # (B, R, Hq, d)
         for key, phi in self.phis:
-            phi = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+            phi = for_layer(phi, call.layer)  # learned maps are per layer
             if isinstance(phi, Identity) and identity is not None:
                 S, z, cnt = identity  # the same call on the same tensors: the same numbers
             else:

@@ -20,9 +20,9 @@ from .core import (
     recurrent_state,
 )
 from .extract import StateRecorder, extract, key_name
-from .phi import PHI_NAMES, FeatureMap, get_phi, register_phi
+from .phi import PHI_NAMES, FeatureMap, for_layer, get_phi, register_phi
 from .result import KVState
 
 __all__ = ["PHI_NAMES", "READOUTS", "FeatureMap", "KVState", "RecurrentState", "StateRecorder", "causal_linear_attention",
-           "compress_state", "compression_matrices", "decay_weights", "extract", "get_phi", "key_name",
+           "compress_state", "compression_matrices", "decay_weights", "extract", "for_layer", "get_phi", "key_name",
            "linear_attention", "parallel_state", "readout", "recurrent_state", "register_phi"]

@@ -11,7 +11,7 @@ from ..capture.engine import Batch, Recorder, check_layers, encode_all, has_rope
 from ..capture.hook import AttentionCall, UnsupportedModelError, check_supported
 from ..models import LoadedModel
 from .core import parallel_state
-from .phi import FeatureMap, get_phi
+from .phi import FeatureMap, for_layer, get_phi
 from .result import KVState
 
 
@@ -46,7 +46,7 @@ class StateRecorder(Recorder):
             pos = torch.arange(w.shape[-1], device=w.device)
             w = w * (pos[None, None, :] > self.batch.ends.to(w.device)[..., None] - call.sliding_window)
         for phi in self.phis:
-            phi_l = phi.for_layer(call.layer) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+            phi_l = for_layer(phi, call.layer)  # learned maps are per layer
             S, z, n = parallel_state(k, v, phi_l, w, self.gamma)
             self._cur[key_name(phi)][call.layer] = (S.cpu(), z.cpu(), n.cpu())
 

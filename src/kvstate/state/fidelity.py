@@ -28,7 +28,7 @@ from ..capture.hook import AttentionCall
 from ..capture.masks import allowed_keys as _allowed
 from ..models import LoadedModel
 from .extract import key_name
-from .phi import FeatureMap, get_phi
+from .phi import FeatureMap, for_layer, get_phi
 
 DEFAULT_PHIS: tuple[Any, ...] = (
     "identity", "elu",
@@ -41,18 +41,6 @@ COLUMNS = ["layer", "phi", "rel_err", "rel_err_median", "cosine", "cosine_median
 def phi_label(phi: FeatureMap) -> str:
     """Short name for tables: ``random256``, ``learned``, ``elu`` ..."""
     return key_name(phi)
-
-
-def for_layer(phi: FeatureMap, layer: int) -> FeatureMap:
-    """The map to use at ``layer``: per-layer maps (a learned phi) expose ``for_layer``; others are global.
-
-    A per-layer map already pinned to one layer (``phi.layer`` set) is used as given, e.g. to test
-    how one layer's learned map transfers to other layers.
-    """
-    pick = getattr(phi, "for_layer", None)
-    if not callable(pick) or getattr(phi, "layer", None) is not None:
-        return phi
-    return pick(layer)
 
 
 def with_scaling(phi: FeatureMap, scaling: float | None) -> FeatureMap:

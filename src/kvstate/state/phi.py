@@ -160,3 +160,15 @@ def get_phi(phi: str | dict | FeatureMap, **params) -> FeatureMap:
     if phi not in _REGISTRY:
         raise ValueError(f"unknown feature map {phi!r}. Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[phi](**params)
+
+
+def for_layer(phi: FeatureMap, layer: int) -> FeatureMap:
+    """The map to use at ``layer``: per-layer maps (a learned phi) expose ``for_layer``; others are global.
+
+    A per-layer map already pinned to one layer (``phi.layer`` set) is used as given, e.g. to test
+    how one layer's learned map transfers to other layers.
+    """
+    pick = getattr(phi, "for_layer", None)
+    if not callable(pick) or getattr(phi, "layer", None) is not None:
+        return phi
+    return pick(layer)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .._io import atomic_write
 from .core import compress_state, compression_matrices, linear_attention, readout
-from .phi import get_phi
+from .phi import for_layer, get_phi
 
 FORMAT = "kvstate.KVState/1"
 
@@ -91,8 +91,7 @@ class KVState:
         li = self._layer_index([layer if layer is not None else self.layers[-1]])[0]
         S, z = self.S[:, r, li], self.z[:, r, li]
         rep = q.shape[1] // S.shape[1]
-        phi = get_phi(self.phi)
-        phi = phi.for_layer(self.layers[li]) if hasattr(phi, "for_layer") else phi  # learned maps are per layer
+        phi = for_layer(get_phi(self.phi), self.layers[li])  # learned maps are per layer
         return linear_attention(q, S.repeat_interleave(rep, 1), z.repeat_interleave(rep, 1), phi)
 
     def delta(self, start: str = "prompt_end", stop: str = "end") -> "KVState":

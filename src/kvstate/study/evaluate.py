@@ -21,7 +21,7 @@ from ..evaluate import (
     selection_corrected,
     shuffled_label_control,
 )
-from ..representations import RepName, family
+from ..representations import COMPRESSED, RepName, family
 from .config import CORE, LENGTH_MATCHED_FOR, StudyConfig
 from .progress import Stage, log
 from .types import SuiteData, TaskResult
@@ -52,7 +52,7 @@ def row_detector(descriptor: str) -> str:
 
 
 def _is_compressed(name: str) -> bool:
-    return RepName.parse(name).readout == "ASB/n"
+    return RepName.parse(name).readout == COMPRESSED
 
 
 def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:
