@@ -223,3 +223,36 @@ def test_evaluate_reruns_the_heldout_stage_from_the_stores(study, tmp_path):
     assert strip(again["heldout"][key]) == strip(res["heldout"][key])
     again = evaluate_study(copy, n_boot=20)  # an evaluation setting reaches the held-out stage too
     assert [r["auroc_ci"] for r in again["heldout"][key]["rows"]] != [r["auroc_ci"] for r in res["heldout"][key]["rows"]]
+
+
+def _planted_suite(width: int, recorded: int):
+    """A SuiteData whose compressed state (2 heads of 4 x 4) carries a planted rank-1 signal;
+    ``recorded`` is the width the store says the recorder produced (it differs when projected)."""
+    import pandas as pd
+
+    from kvstate.data import Item
+    from kvstate.study.types import SuiteData
+
+    rng = np.random.default_rng(0)
+    n = 40
+    y = np.arange(n) % 2
+    X = rng.normal(size=(n, width)).astype(np.float32)
+    X[:, 0] += 2.0 * y  # one entry of the first head's matrix: a rank-1 bilinear form reads it
+    names = {"kv-elu-ASB/n@end": X, "act-resid-last@end": rng.normal(size=(n, 8)).astype(np.float32),
+             "ctl-length@end": rng.normal(size=(n, 1)).astype(np.float32)}
+    dims = json.dumps({"kv-elu-ASB/n@end": recorded, "act-resid-last@end": 8, "ctl-length@end": 1})
+    index = pd.DataFrame({"label": y, "group": [f"g{i // 2}" for i in range(n)], "n_tokens": 10 + rng.integers(0, 5, n),
+                          "dims": dims, "time_ms": 1.0})
+    items = [Item(f"i{i}", f"g{i // 2}", [{"role": "user", "content": f"q{i}"}], None, int(y[i]), "test") for i in range(n)]
+    return SuiteData("planted", index, names, items)
+
+
+def test_state_probe_reads_whole_compressed_states_and_skips_projected_ones():
+    from kvstate.study.evaluate import evaluate_task
+
+    cfg = StudyConfig(n_splits=3, n_boot=20, detectors=["mahalanobis", "logistic"], compress=[4, 4])
+    task = evaluate_task(_planted_suite(32, 32), cfg, log=lambda *_: None)
+    (probe,) = task["state_probes"]
+    assert probe["detector"] == "query_probe" and probe["auroc"] > 0.9  # the planted signal is found
+    # a store from before the compressed state was kept whole: its 32 values are a projection, not 2 heads
+    assert evaluate_task(_planted_suite(32, 4096), cfg, log=lambda *_: None)["state_probes"] == []
