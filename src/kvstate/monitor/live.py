@@ -146,8 +146,8 @@ class Monitor:
         state = self.states[call.layer]
         if self._kind == COMPRESSED and state.project is None:  # keep A S B^T itself: O((a + b) d) per token
             a, b = self._settings.compress
-            f = state.phi(k[:, :, :1].float()).shape[-1]
-            state.project = compression_matrices(k.shape[1], f, v.shape[-1], a, b, self._settings.seed, device=k.device)
+            state.project = compression_matrices(k.shape[1], state.phi.dim(k.shape[-1]), v.shape[-1], a, b,
+                                                 self._settings.seed, device=k.device)
         state.update(k, v, w.to(k.device))
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
