@@ -72,6 +72,20 @@ def test_reducer_is_data_independent_and_seeded(kind):
     np.testing.assert_array_equal(Reducer(2000, 0, kind)(x), x)  # narrow vectors pass unchanged
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "sparse"])
+def test_reducer_many_equals_one_call_per_array(kind):
+    """The recorder projects all names of a batch at once: one product per width, in input order."""
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=(n, d)).astype(np.float32) for n, d in [(3, 500), (2, 40), (4, 500), (1, 300), (2, 500)]]
+    red = Reducer(64, 0, kind)
+    got = red.many(xs)
+    assert [g.shape for g in got] == [(3, 64), (2, 40), (4, 64), (1, 64), (2, 64)]
+    for g, x in zip(got, xs):
+        np.testing.assert_allclose(g, red(x), rtol=1e-5, atol=1e-5)  # float32 rounding of a longer product
+    assert red.many([]) == []
+    assert len({Reducer(64, 0, kind), Reducer(64, 0, kind), Reducer(64, 1, kind)}) == 2  # groups by matrix
+
+
 def test_sparse_projection_preserves_distances_at_monitor_scale():
     """The monitor's case: ~37k state features to 2048, where the dense matrix would be 288 MiB."""
     x = np.random.default_rng(1).normal(size=(6, 36_864)).astype(np.float32)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import get_args
 
 import numpy as np
@@ -25,6 +27,7 @@ def sketch(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
     return torch.randn(dim_out, dim_in, generator=g) / math.sqrt(dim_out)
 
 
+@dataclass(frozen=True)
 class Reducer:
     """Seeded, data-independent random projection of too-long vectors (Johnson-Lindenstrauss).
 
@@ -43,9 +46,12 @@ class Reducer:
     kind : {"gaussian", "sparse"}, default="gaussian"
     """
 
-    def __init__(self, max_dim: int, seed: int, kind: Projection = "gaussian"):
-        check_option("projection", kind, Projection)
-        self.max_dim, self.seed, self.kind = max_dim, seed, kind
+    max_dim: int
+    seed: int
+    kind: Projection = "gaussian"
+
+    def __post_init__(self):
+        check_option("projection", self.kind, Projection)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, D) float32 -> (N, min(D, max_dim))."""
@@ -54,6 +60,28 @@ class Reducer:
         if self.kind == "sparse":
             return np.asarray(_sparse_projection(x.shape[1], self.max_dim, self.seed).transform(x), dtype=np.float32)
         return (torch.from_numpy(x) @ _projection(x.shape[1], self.max_dim, self.seed)).numpy()
+
+    def many(self, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``[self(x) for x in xs]`` with one product per input width, so that each matrix is read
+        once for all of them (a product with few rows is bound by reading the matrix).
+
+        Parameters
+        ----------
+        xs : sequence of ndarray, each of shape (N_i, D_i), float32
+
+        Returns
+        -------
+        list of ndarray, each of shape (N_i, min(D_i, max_dim))
+        """
+        out: list[np.ndarray | None] = [None] * len(xs)
+        by_width: dict[int, list[int]] = {}
+        for i, x in enumerate(xs):
+            by_width.setdefault(x.shape[1], []).append(i)
+        for idx in by_width.values():
+            y = self(np.concatenate([xs[i] for i in idx]))
+            for i, part in zip(idx, np.split(y, np.cumsum([len(xs[i]) for i in idx])[:-1])):
+                out[i] = part
+        return out
 
     def adjoint(self, w: np.ndarray, dim_in: int) -> np.ndarray:
         """The transposed projection of ``w``: u such that ``self(x) @ w == x @ u`` for every (N, dim_in) x.

@@ -177,14 +177,12 @@ class RepresentationRecorder(Recorder):
             top = a.topk(k_top, dim=-1).indices
             keep = torch.zeros_like(a).scatter_(-1, top, 1.0) * (wr[:, None, :] > 0)
             outs_p.append(torch.einsum("bht,bhtf,bhte->bhfe", keep, fk, ve) / keep.sum(-1).clamp_min(1)[..., None, None])
-            segs = []
             idx = torch.cumsum(wr, -1) - 1  # rank of each selected token
             total = wr.sum(-1, keepdim=True).clamp_min(1)
             seg_of = (idx * self.s.segments / total).floor().clamp(0, self.s.segments - 1)
-            for g in range(self.s.segments):
-                wg = wr * (seg_of == g)
-                Sg, _, _ = parallel_state(k, v, "elu", wg)
-                segs.append(Sg / wg.sum(-1).clamp_min(1)[:, None, None, None])
+            wg = torch.stack([wr * (seg_of == g) for g in range(self.s.segments)], 1)  # (B, G, T)
+            Sg, _, ng = parallel_state(k, v, "elu", wg)  # all segments in one contraction
+            segs = list((Sg / ng.clamp_min(1)[..., None, None, None]).unbind(1))
             # each segment's per-head matrix is sketched to hier_dim values, so the vector stays small
             P = sketch(segs[0].shape[-2] * segs[0].shape[-1], self.s.hier_dim, self.s.seed + 1).to(k.device)
             outs_h.append(torch.cat([(s.flatten(2) @ P.T).flatten(1) for s in segs + [sum(segs)]], dim=1))
@@ -228,18 +226,20 @@ class RepresentationRecorder(Recorder):
     def _flush(self) -> None:
         B = self.batch.input_ids.shape[0]
         reads = self.batch.reads
-        merged = {name: torch.cat(parts, -1).numpy() for name, parts in self._acc.items()}  # (B, R, D)
-        out = [dict() for _ in range(B)]
-        for name, arr in merged.items():
+        names, groups = [], {}  # stored names in recording order; (name, (B, D) array) per reducer
+        for name, parts in self._acc.items():
+            arr = torch.cat(parts, -1).numpy()  # (B, R, D)
+            rep = RepName.parse(name)
             for r in range(arr.shape[1]):  # sweep entries carry only the last read
                 read = reads[r] if arr.shape[1] == len(reads) else reads[-1]
-                rep = RepName.parse(name)
                 full = str(rep.with_read(read)) if len(reads) > 1 and not rep.is_sweep else name
                 self.dims[full] = arr.shape[-1]
-                red = self.s.reducer(rep.readout)(np.ascontiguousarray(arr[:, r]))
-                for i in range(B):
-                    out[i][full] = red[i]
-        self.rows.extend(out)
+                names.append(full)
+                groups.setdefault(self.s.reducer(rep.readout), []).append((full, np.ascontiguousarray(arr[:, r])))
+        reduced = {}
+        for reducer, items in groups.items():  # one product per matrix, not one per name and read
+            reduced.update(zip([n for n, _ in items], reducer.many([a for _, a in items])))
+        self.rows.extend({n: reduced[n][i] for n in names} for i in range(B))
 
 
 def _at_reads(x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:

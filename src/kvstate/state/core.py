@@ -162,9 +162,14 @@ def _project(fk: torch.Tensor, v: torch.Tensor, project: tuple[torch.Tensor, tor
 
 def _contract(fk: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """S (B, R, H, f, e), z, n from features fk (B, H, T, f), values v (B, H, T, e), weights (B, R, T)."""
-    # one contraction gives S and z: a column of ones appended to v sums phi(k) into the last column
+    # one contraction gives S and z: a column of ones appended to v sums phi(k) into the last column.
+    # The weights go on the (narrow) values, and the R read-outs side by side, so that it is one batched
+    # matmul phi(k)^T [w_1 v1, ..., w_R v1] per head with no (B, R, H, T, f) intermediate (Taylor's f is 4161)
     v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-    Sz = torch.einsum("brt,bhtf,bhte->brhfe", w, fk, v1)
+    B, H, T, E = v1.shape
+    R, f = w.shape[1], fk.shape[-1]
+    wv = (w[:, :, None, :, None] * v1[:, None]).permute(0, 2, 3, 1, 4).reshape(B, H, T, R * E)
+    Sz = (fk.transpose(-1, -2) @ wv).reshape(B, H, f, R, E).permute(0, 3, 1, 2, 4)  # (B, R, H, f, E)
     return Sz[..., :-1], Sz[..., -1], w.sum(-1)
 
 
