@@ -96,11 +96,13 @@ class RepresentationRecorder(Recorder):
         d = k_post.shape[-1]
         n = w.sum(-1).clamp_min(1.0)[..., None, None, None]  # (B, R, 1, 1, 1)
         identity = None  # the identity state, computed once for the sweep and the identity phi
+        if sweep_only:  # the sweep keeps the last read only
+            S, _, cnt = parallel_state(k_post, v, "identity", w[:, -1:])
+            self._add(f"sweep-kv/{call.layer}", headnorm(S / cnt.clamp_min(1.0)[..., None, None, None]))
+            return
         if self.s.sweep:
             identity = parallel_state(k_post, v, "identity", w)
             self._add(f"sweep-kv/{call.layer}", headnorm(identity[0] / n)[:, -1:])
-        if sweep_only:
-            return
         has_rope = call.position_embeddings is not None
         k_pre = call.new_keys("pre").float() if has_rope else k_post
         q_last = _at_reads(call.query.float(), b.ends)  # (B, R, Hq, d)
@@ -118,7 +120,7 @@ class RepresentationRecorder(Recorder):
                 self._add(f"kv-{key}-S", Sv)
             if phi.name in POSITIVE_PHI:
                 self._add(f"kv-{key}-S|z|", Sv / z.norm(dim=-1).clamp_min(1e-8)[..., None, None])
-            self._add(f"kv-{key}-svals", _top_singular_values(S / nn_, self.s.svd_k))
+            self._add(f"kv-{key}-svals", _top_singular_values(S, self.s.svd_k) / nn_[..., 0])  # sv(S / n) = sv(S) / n
             self._add(f"kv-{key}-attn", _linear_readout(q_last, S, z, phi))
             if key not in self.s.ablation_phis:
                 continue
@@ -250,12 +252,13 @@ def _at_reads(x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
 
 def _linear_readout(q: torch.Tensor, S: torch.Tensor, z: torch.Tensor, phi) -> torch.Tensor:
     """phi(q) S / phi(q).z for the read token's queries: q (B, R, Hq, d), S (B, R, H, f, e)."""
-    rep = q.shape[2] // S.shape[2]
+    B, R, Hq, _ = q.shape
+    H = S.shape[2]
     # per-head maps (a learned phi) read (..., heads, tokens, d); elementwise and shared maps take q as it is
     fq = phi(q.transpose(1, 2)).transpose(1, 2) if hasattr(phi, "for_layer") else phi(q)
-    S, z = S.repeat_interleave(rep, 2), z.repeat_interleave(rep, 2)
-    num = torch.einsum("brhf,brhfe->brhe", fq, S)
-    den = torch.einsum("brhf,brhf->brh", fq, z)
+    fq = fq.reshape(B, R, H, Hq // H, fq.shape[-1])  # the query heads of each KV head (GQA), without copying S
+    num = torch.einsum("brhgf,brhfe->brhge", fq, S).flatten(2, 3)
+    den = torch.einsum("brhgf,brhf->brhg", fq, z).flatten(2, 3)
     den = torch.where(den.abs() < 1e-6, torch.full_like(den, 1e-6).copysign(den), den)
     return num / den[..., None]
 

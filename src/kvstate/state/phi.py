@@ -124,8 +124,13 @@ class Taylor(FeatureMap):
         d = x.shape[-1]
         s = self.scale if self.scale is not None else d**-0.5
         x = x * math.sqrt(s)
-        second = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2.0)
-        return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
+        out = x.new_empty(*x.shape[:-1], self.dim(d))  # [1, x, x (x) x / sqrt 2], written in place (no concatenation)
+        out[..., 0] = 1.0
+        out[..., 1 : d + 1] = x
+        second = out[..., d + 1 :].unflatten(-1, (d, d))
+        torch.mul(x[..., :, None], x[..., None, :], out=second)
+        second.div_(math.sqrt(2.0))
+        return out
 
     def config(self) -> dict:
         return {"name": self.name, "scale": self.scale}
