@@ -87,6 +87,29 @@ def test_centering_per_head_mean_and_scale():
     assert clone(c).get_params() == c.get_params()
 
 
+@pytest.mark.parametrize("name", sorted(kvstate.detect.DETECTORS))
+def test_reference_centring_changes_no_score_of_a_standardised_detector(name):
+    """Why reference-centred states are not a row of the study: centring by a fixed benign mean,
+    even with the per-head scale, is a per-feature positive affine map, which every registered
+    detector's StandardScaler undoes. Scores of the centred states equal those of the plain ones
+    (a detector that did not standardise would fail this)."""
+    from kvstate.detect import DETECTORS
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 4, 6)) * np.array([1.0, 5.0, 0.2, 3.0])[None, :, None] + 2.0
+    y = (X[:, 0, 0] + X[:, 1, 1] / 5 > 2.5).astype(int)
+    X = X.reshape(80, -1)
+    ref = rng.normal(loc=4.0, scale=2.0, size=(30, 24))
+    c = StateCentering(n_heads=4, scale="head").fit(ref)
+    det = DETECTORS[name](random_state=0) if "random_state" in DETECTORS[name]().get_params() else DETECTORS[name]()
+    train = slice(0, 60)
+    yt = y[train] if det.supervised else None
+    Xa = X[train] if det.supervised else X[train][y[train] == 0]
+    plain = clone(det).fit(Xa, yt).decision_function(X[60:])
+    centred = clone(det).fit(c.transform(Xa), yt).decision_function(c.transform(X[60:]))
+    np.testing.assert_allclose(centred, plain, rtol=1e-3, atol=1e-3 * np.abs(plain).max())
+
+
 def test_centering_on_real_states_and_errors():
     lm = tiny_model("qwen2")
     st = kvstate.extract(lm, PROMPTS, phi="elu", reads=["end"])
