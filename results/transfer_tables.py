@@ -6,7 +6,7 @@ Table 1, held-out transfer: each family's probe and unsupervised detector, chose
 suite's grouped CV only, fitted on all of it, scored on another dataset of the same task; TPR and the
 realised FPR at a threshold set at 1% FPR on benign chat. Table 2, live monitors on held-out items.
 Table 3, the state options of the read-out issue under the same protocol: per option the logistic
-probe (the bilinear state probe for its own row) with the best training-CV AUROC within that option,
+probe (the bilinear and virtual-query state probes for their own rows) with the best training-CV AUROC within that option,
 with its change against the plain state. Table 4, the same changes as one option x task matrix: which
 option moved which task, and whether its CI excludes the plain state's AUROC.
 """
@@ -74,8 +74,9 @@ def main(folders: list[Path]) -> None:
 
 def ablation(found: list[tuple[str, dict]]) -> None:
     print()
-    print("State options under the transfer protocol (logistic probe, or the rank-1 bilinear probe per head on the "
-          "unflattened compressed state for its row; within each option the feature map with the best "
+    print("State options under the transfer protocol (logistic probe; for their own rows, the rank-1 bilinear probe per head on the "
+          "unflattened compressed state and the virtual query per head on the whole S/n and z/n; within each option the feature "
+          "map with the best "
           "training-CV AUROC; delta = transfer AUROC minus the plain S/n state's on the same items).")
     print()
     print("| model | train -> test | option | representation | in distribution [CI] | transfer AUROC [CI] | "

@@ -9,10 +9,10 @@ import kvstate
 from kvstate.representations import RepresentationSettings, StateCentering, capture_representations
 
 ON = RepresentationSettings(layers=(0, 1), phis=("identity", "elu"), sweep=False, max_dim=8192,
-                            decays=(1.0, 0.9), compress=(4, 3), deltas=True)
+                            decays=(1.0, 0.9), compress=(4, 3), deltas=True, query_states=True)
 
 
-@pytest.fixture(scope="module", params=["llama", "gemma3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3"])
 def captured(request):
     lm = tiny_model(request.param)
     return lm, capture_representations(lm, PROMPTS, ON, batch_size=3), capture_representations(lm, PROMPTS, ON, batch_size=1)
@@ -39,19 +39,27 @@ def test_new_names_match_extract(captured):
     ref = delta.features("S/n", "delta")
     ref[delta.n[:, 0, 0].numpy() == 0] = 0  # no reply: the recorder stores zeros
     np.testing.assert_allclose(stack(c, "kv-elu-dS/n@end"), ref, rtol=1e-4, atol=1e-5)
+    # the query state: every head's whole S/n, then every head's z/n (pack_states), at the end only, never projected
+    from kvstate.detect import pack_states
+
+    assert "kv-elu-Sz/n@prompt_end" not in names and "kv-identity-Sz/n@end" not in names  # positive maps only
+    Sz = stack(c, "kv-elu-Sz/n@end")
+    assert c.dims["kv-elu-Sz/n@end"] == Sz.shape[1]
+    z_n = st.readout("z", "end").numpy() / st.n[:, -1].clamp_min(1.0).numpy()[:, :, None, None]  # n: (N, R, L)
+    np.testing.assert_allclose(Sz, pack_states(st.readout("S/n", "end").numpy(), z_n), rtol=1e-4, atol=1e-5)
 
 
 def test_new_names_batched_equals_unbatched(captured):
     _, batched, single = captured
     for a, b in zip(batched.rows, single.rows):
         for name in a:
-            if "decay" in name or "ASB" in name or "dS" in name:
+            if "decay" in name or "ASB" in name or "dS" in name or "Sz/n" in name:
                 np.testing.assert_allclose(a[name], b[name], rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 def test_options_are_off_by_default_and_keep_the_settings_hash():
     d = RepresentationSettings().to_dict()
-    assert not {"decays", "compress", "deltas", "projection"} & set(d)
+    assert not {"decays", "compress", "deltas", "projection", "query_states"} & set(d)
     on = ON.to_dict()
     assert on["decays"] == (1.0, 0.9) and on["compress"] == (4, 3) and on["deltas"] is True
     assert RepresentationSettings.from_dict({**on, "decays": [1.0, 0.9], "compress": [4, 3]}) == ON
@@ -64,7 +72,7 @@ def test_options_are_off_by_default_and_keep_the_settings_hash():
 def test_default_recording_has_none_of_the_new_names():
     lm = tiny_model("llama")
     c = capture_representations(lm, PROMPTS[1:2], RepresentationSettings(layers=(1,), phis=("elu",), sweep=False))
-    assert not [n for n in c.rows[0] if "decay" in n or "ASB" in n or "dS/" in n]
+    assert not [n for n in c.rows[0] if "decay" in n or "ASB" in n or "dS/" in n or "Sz/" in n]
 
 
 # ------------------------------------------------------------------ centring

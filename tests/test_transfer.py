@@ -17,7 +17,8 @@ from kvstate.deploy import Detector
 from kvstate.detect import detector_name
 from kvstate.study import StudyConfig, run_study
 
-REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "kv-learned-S/n", "act-resid-last", "ctl-length", "ctl-bow"]
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "kv-elu-Sz/n", "kv-learned-S/n", "act-resid-last", "ctl-length",
+        "ctl-bow"]
 TOPICS = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
 runner = CliRunner()
 
@@ -54,7 +55,7 @@ def _cfg(root: Path, test: Path) -> StudyConfig:
                        phis=["identity", "elu"], detectors=["mahalanobis", "pca", "knn", "logistic"], all_detectors_for=REPS, chunk=8,
                        batch_size=4, layers="all", representations=REPS, monitor_items=0, fidelity_layers=None,
                        transfer={"alpha": [str(test)]}, calibration_suite=str(root / "benign.jsonl"), calibration_items=16,
-                       transfer_fpr=0.1, decays=[0.9], compress=[4, 4])
+                       transfer_fpr=0.1, decays=[0.9], compress=[4, 4], query_states=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +108,19 @@ def test_ablation_rows_are_each_options_training_cv_choice(study):
     block = res["heldout"]["tiny-llama/alpha -> gamma"]
     options = {r["option"]: r for r in block["ablation"]}
     assert {"plain S/n", "decay 0.9", "compressed A S B^T", "head-normalised", "activation (best)", "control: BoW",
-            "control: length", "learned phi (Hedgehog)", "bilinear probe on A S B^T"} <= set(options)
+            "control: length", "learned phi (Hedgehog)", "bilinear probe on A S B^T",
+            "virtual-query probe phi(q) S / phi(q).z"} <= set(options)
     table = res["tasks"]["tiny-llama/alpha"]["table"]
     probes = res["tasks"]["tiny-llama/alpha"]["state_probes"]
-    # the bilinear probe reads the unprojected compressed state; its rows stay out of the table that deploys choose from
-    assert probes and {r["representation"] for r in probes} <= {"kv-identity-ASB/n@end", "kv-elu-ASB/n@end"}
+    # the state probes read the unprojected compressed and query states; their rows stay out of the table that
+    # deploys choose from, and the query state (tens of thousands of values) is read by its probe only
+    assert {r["representation"] for r in probes} - {"kv-identity-ASB/n@end", "kv-elu-ASB/n@end"} == {"kv-elu-Sz/n@end"}
     assert all(r["detector"] == "query_probe" and r["dim"] == r["dim_used"] for r in probes)
-    assert not any(t["detector"] == "query_probe" for t in table)
-    best_probe = max(probes, key=lambda t: (t["auroc"], t["representation"]))
-    assert options["bilinear probe on A S B^T"]["representation"] == best_probe["representation"]
-    assert options["bilinear probe on A S B^T"]["in_distribution_auroc"] == best_probe["auroc"]
+    assert not any(t["detector"] == "query_probe" or "Sz/n" in t["representation"] for t in table)
+    for option, readout in (("bilinear probe on A S B^T", "ASB/n"), ("virtual-query probe phi(q) S / phi(q).z", "Sz/n")):
+        best_probe = max((t for t in probes if readout in t["representation"]), key=lambda t: (t["auroc"], t["representation"]))
+        assert options[option]["representation"] == best_probe["representation"]
+        assert options[option]["in_distribution_auroc"] == best_probe["auroc"]
     from kvstate.representations import kv_option
 
     for option, r in options.items():
@@ -256,3 +260,39 @@ def test_state_probe_reads_whole_compressed_states_and_skips_projected_ones():
     assert probe["detector"] == "query_probe" and probe["auroc"] > 0.9  # the planted signal is found
     # a store from before the compressed state was kept whole: its 32 values are a projection, not 2 heads
     assert evaluate_task(_planted_suite(32, 4096), cfg, log=lambda *_: None)["state_probes"] == []
+
+
+def test_virtual_query_probe_reads_the_whole_query_state():
+    """A planted signal in one head's read-out phi(q*) S / phi(q*).z is found by the virtual query,
+    whose shape comes from the widths of Sz/n and z/n; a width that is not such a state is refused."""
+    import pandas as pd
+
+    from kvstate.data import Item
+    from kvstate.detect import pack_states
+    from kvstate.study.evaluate import evaluate_task, state_probe
+    from kvstate.study.types import SuiteData
+
+    rng = np.random.default_rng(1)
+    n, N, d = 48, 3, 4  # 3 heads of 4 x 4
+    y = np.arange(n) % 2
+    z = rng.uniform(0.5, 1.5, size=(n, N, 1, d))
+    S = rng.normal(size=(n, N, 1, d, d)) * 0.3
+    S[:, 1, 0, :, 2] += np.outer(1.5 * y - 0.75, np.ones(d)) * z[:, 1, 0, :]  # head 1 reads +-0.75 in value 2
+    X = pack_states(S, z.astype(np.float32))
+    names = {"kv-elu-Sz/n@end": X, "act-resid-last@end": rng.normal(size=(n, 8)).astype(np.float32),
+             "ctl-length@end": rng.normal(size=(n, 1)).astype(np.float32)}
+    dims = json.dumps({"kv-elu-Sz/n@end": X.shape[1], "kv-elu-z/n@end": N * d, "act-resid-last@end": 8, "ctl-length@end": 1})
+    index = pd.DataFrame({"label": y, "group": [f"g{i // 2}" for i in range(n)], "n_tokens": 10 + rng.integers(0, 5, n),
+                          "dims": dims, "time_ms": 1.0})
+    items = [Item(f"i{i}", f"g{i // 2}", [{"role": "user", "content": f"q{i}"}], None, int(y[i]), "test") for i in range(n)]
+    data = SuiteData("planted", index, names, items)
+    cfg = StudyConfig(n_splits=3, n_boot=20, detectors=["mahalanobis", "logistic"])
+    probe = state_probe(data, "kv-elu-Sz/n@end", cfg)
+    assert probe.kind == "query" and probe.with_z and tuple(probe.state_shape) == (N, 1, d, d)
+    task = evaluate_task(data, cfg, log=lambda *_: None)
+    (row,) = task["state_probes"]
+    assert row["representation"] == "kv-elu-Sz/n@end" and row["auroc"] > 0.9
+    assert {r["representation"] for r in task["table"]} == {"act-resid-last@end", "ctl-length@end"}  # the probe's only
+    bad = SuiteData("bad", index.assign(dims=json.dumps({"kv-elu-Sz/n@end": X.shape[1], "kv-elu-z/n@end": 7})), names, items)
+    with pytest.raises(ValueError, match="not heads of d x d S/n then d z/n"):
+        state_probe(bad, "kv-elu-Sz/n@end", cfg)

@@ -11,8 +11,8 @@ from .names import FAMILIES, KV_KINDS, RepName, decay_of, family, kv_option, par
 from .projection import PROJECTIONS, Reducer, sketch
 from .readout import headnorm, kv_features
 from .recorder import Captured, RepresentationRecorder, capture_representations
-from .settings import COMPRESSED, POSITIVE_PHI, RepresentationSettings
+from .settings import COMPRESSED, POSITIVE_PHI, QUERY_STATE, RepresentationSettings
 
-__all__ = ["COMPRESSED", "FAMILIES", "KV_KINDS", "POSITIVE_PHI", "PROJECTIONS", "Captured", "Reducer", "RepName",
+__all__ = ["COMPRESSED", "FAMILIES", "KV_KINDS", "POSITIVE_PHI", "PROJECTIONS", "QUERY_STATE", "Captured", "Reducer", "RepName",
            "RepresentationRecorder", "RepresentationSettings", "StateCentering", "capture_representations", "decay_of",
            "family", "headnorm", "kv_features", "kv_option", "parse_kv_name", "sketch"]

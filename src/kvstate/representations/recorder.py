@@ -11,7 +11,8 @@ Names are stable (``family/name@read``) and every vector is float32. Families:
   states plus their sum). Off by default (:class:`RepresentationSettings` ``decays``, ``compress``,
   ``deltas``), for the ablation phis: decayed states (``S/n-decay<gamma>``), the structured
   compression A (S/n) B^T (``ASB/n``; never projected further, so probes can read its per-head
-  a x b matrices) and the reply's own state (``dS/n``, read at the end only).
+  a x b matrices), the reply's own state (``dS/n``, read at the end only) and the whole S/n and z/n
+  of every head (``Sz/n``, read at the end only, never projected: the virtual-query probe's input).
 - ``act``: residual stream at the read token and mean over tokens (RepE), per-head attention outputs
   before o_proj at the read token (ITI), LLM-Check attention and hidden-state scores, perplexity and
   mean token entropy.
@@ -41,7 +42,7 @@ from ..state.phi import Identity
 from .names import RepName
 from .projection import sketch
 from .readout import headnorm
-from .settings import COMPRESSED, POSITIVE_PHI, RepresentationSettings
+from .settings import COMPRESSED, POSITIVE_PHI, QUERY_STATE, RepresentationSettings
 
 __all__ = ["Captured", "RepresentationRecorder", "capture_representations"]
 
@@ -72,11 +73,13 @@ class RepresentationRecorder(Recorder):
     def begin(self, batch: Batch) -> None:
         super().begin(batch)
         self._acc: dict[str, list[torch.Tensor]] = {}
+        self._tail: dict[str, list[torch.Tensor]] = {}  # parts that follow all of a name's _acc parts
         self._w_content = batch.weights_for("content", 1)
 
-    def _add(self, name: str, value: torch.Tensor) -> None:
-        """value: (B, R, ...) for one layer; layers are concatenated in call order (ascending)."""
-        self._acc.setdefault(name, []).append(value.detach().float().flatten(2).cpu())
+    def _add(self, name: str, value: torch.Tensor, tail: bool = False) -> None:
+        """value: (B, R, ...) for one layer; layers are concatenated in call order (ascending), and
+        ``tail`` parts after all the others (the z of ``Sz/n`` after every layer's S)."""
+        (self._tail if tail else self._acc).setdefault(name, []).append(value.detach().float().flatten(2).cpu())
 
     def _view(self, x: torch.Tensor, d: int, is_z: bool = False) -> torch.Tensor:
         """Sketch phi dimensions above d (taylor, wide random features) down to d, per head."""
@@ -125,6 +128,9 @@ class RepresentationRecorder(Recorder):
             if key not in self.s.ablation_phis:
                 continue
             self._add(f"kv-{key}-S/n-hn", headnorm(Sv / nn_))
+            if self.s.query_states and phi.name in POSITIVE_PHI and S.shape[-2] == S.shape[-1]:  # whole, last read
+                self._add(f"kv-{key}-{QUERY_STATE}", (S / nn_)[:, -1:])
+                self._add(f"kv-{key}-{QUERY_STATE}", (z / nn_[..., 0])[:, -1:], tail=True)
             self._readouts_16(key, phi, k_post, v, w, S, cnt, d)
             wc = self._w_content.to(w.device)
             nc = wc.sum(-1).clamp_min(1.0)[..., None, None, None]
@@ -230,9 +236,9 @@ class RepresentationRecorder(Recorder):
         reads = self.batch.reads
         names, groups = [], {}  # stored names in recording order; (name, (B, D) array) per reducer
         for name, parts in self._acc.items():
-            arr = torch.cat(parts, -1).numpy()  # (B, R, D)
+            arr = torch.cat(parts + self._tail.get(name, []), -1).numpy()  # (B, R, D)
             rep = RepName.parse(name)
-            for r in range(arr.shape[1]):  # sweep entries carry only the last read
+            for r in range(arr.shape[1]):  # sweep, dS/n and Sz/n entries carry only the last read
                 read = reads[r] if arr.shape[1] == len(reads) else reads[-1]
                 full = str(rep.with_read(read)) if len(reads) > 1 and not rep.is_sweep else name
                 self.dims[full] = arr.shape[-1]

@@ -9,10 +9,12 @@ from .._options import Projection, check_option
 from ..state import FeatureMap, get_phi, key_name
 from .projection import Reducer
 
-__all__ = ["COMPRESSED", "POSITIVE_PHI", "RepresentationSettings"]
+__all__ = ["COMPRESSED", "POSITIVE_PHI", "QUERY_STATE", "RepresentationSettings"]
 
 POSITIVE_PHI = ("elu", "relu", "random", "taylor")  #: maps with phi >= 0, for which S/|z| is defined
 COMPRESSED = "ASB/n"  #: the read-out of the structured compression A (S/n) B^T, itself the reduction
+QUERY_STATE = "Sz/n"  #: the whole S/n, then z/n, of every head: what a virtual-query probe reads (never projected)
+WHOLE = (COMPRESSED, QUERY_STATE)  #: read-outs stored whole, because probes read their per-head matrices
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,14 @@ class RepresentationSettings:
     deltas : bool, default=False
         Also record ``kv-<phi>-dS/n@end``: the mean outer product of the reply tokens alone,
         (S(end) - S(prompt_end)) / (n(end) - n(prompt_end)), when both read points are recorded.
+    query_states : bool, default=False
+        Also record ``kv-<phi>-Sz/n`` at the last read point, for the positive ``ablation_phis`` whose
+        feature width equals the value width (elu, relu): every head's S/n, then every head's z/n,
+        whole (:func:`kvstate.detect.pack_states` layout, never projected), so that a virtual-query
+        probe (``QueryProbe(kind="query", with_z=True)``) can read phi(q) S / phi(q).z per head. Its
+        width, with the width of ``z/n``, fixes the (heads, d, d) shape.
 
-    The last three were added later and are left out of :meth:`to_dict` at their defaults (off), so
+    The last four were added later and are left out of :meth:`to_dict` at their defaults (off), so
     the settings hash of existing stores does not change.
     """
 
@@ -64,6 +72,7 @@ class RepresentationSettings:
     decays: tuple[float, ...] = ()
     compress: tuple[int, ...] = ()
     deltas: bool = False
+    query_states: bool = False
 
     def __post_init__(self):
         check_option("projection", self.projection, Projection)
@@ -74,7 +83,7 @@ class RepresentationSettings:
             raise ValueError(f"compress must be (a, b) with positive sizes, or () for off; got {self.compress}")
 
     #: fields added later, left out of to_dict at these defaults so older stores keep their hash
-    _LATER = {"projection": "gaussian", "decays": (), "compress": (), "deltas": False}
+    _LATER = {"projection": "gaussian", "decays": (), "compress": (), "deltas": False, "query_states": False}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -90,9 +99,9 @@ class RepresentationSettings:
 
     def reducer(self, readout: str | None = None) -> Reducer:
         """The whole-vector reduction a stored read-out goes through: the seeded projection above
-        ``max_dim``, except for the compressed state (``ASB/n``), which is stored whole so that
-        its per-head a x b matrices stay readable (it is the reduction)."""
-        return Reducer(2**62 if readout == COMPRESSED else self.max_dim, self.seed, self.projection)
+        ``max_dim``, except for the compressed state (``ASB/n``, itself the reduction) and the query
+        state (``Sz/n``), which are stored whole so that probes can read their per-head matrices."""
+        return Reducer(2**62 if readout in WHOLE else self.max_dim, self.seed, self.projection)
 
     def feature_maps(self) -> dict[str, FeatureMap]:
         """The feature maps of ``phis``, keyed as the stored names key them (``random64``, ...).

@@ -42,6 +42,7 @@ class StudyConfig:
     decays: list[float] = field(default_factory=list)  # also record decayed states S_gamma for these gammas
     compress: list[int] = field(default_factory=list)  # [a, b]: also record the compressed state A S B^T
     deltas: bool = False  # also record the reply's own state dS/n (needs replies)
+    query_states: bool = False  # also record the whole S/n and z/n (elu, end) for the virtual-query probe
     dtype: str = "float32"
     batch_size: int = 8
     chunk: int = 32  # items per store shard (the unit of resumption)

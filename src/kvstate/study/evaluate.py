@@ -21,38 +21,54 @@ from ..evaluate import (
     selection_corrected,
     shuffled_label_control,
 )
-from ..representations import COMPRESSED, RepName, family
+from ..representations import COMPRESSED, QUERY_STATE, RepName, family
 from .config import CORE, LENGTH_MATCHED_FOR, StudyConfig
 from .progress import Stage, log
 from .types import SuiteData, TaskResult
 
-__all__ = ["STATE_PROBE", "TooFewGroups", "best", "check_groups", "evaluate_task", "make_detector", "row_detector"]
+__all__ = ["STATE_PROBE", "TooFewGroups", "best", "check_groups", "evaluate_task", "make_detector", "row_detector",
+           "state_probe"]
 
-#: the bilinear probe on unflattened compressed states (:class:`~kvstate.detect.QueryProbe`); not
-#: in the flat-vector registry, because it needs the state's shape
+#: the probes on whole, unflattened states (:class:`~kvstate.detect.QueryProbe`); not in the
+#: flat-vector registry, because they need the state's shape (:func:`state_probe` builds them)
 STATE_PROBE = "query_probe"
 
 
 def make_detector(name: str, dim: int, cfg: StudyConfig):
-    """A registered detector, behind PCA when the vectors are wide and the detector unsupervised;
-    ``STATE_PROBE``: a rank-1 bilinear probe per head on ``dim``-wide compressed states
-    (per head an a x b matrix, ``cfg.compress = [a, b]``)."""
-    if name == STATE_PROBE:
-        a, b = cfg.compress or (0, 0)
-        if not a or dim % (a * b):
-            raise ValueError(f"the state probe reads compressed states of (a, b) = {tuple(cfg.compress)} per head; "
-                             f"a {dim}-wide vector is not one (set compress = [a, b] and use a kv-<phi>-ASB/n state)")
-        return QueryProbe(state_shape=(dim // (a * b), 1, a, b), kind="bilinear", rank=1, random_state=cfg.seed)
+    """A registered detector, behind PCA when the vectors are wide and the detector unsupervised."""
     return _make_detector(name, dim, reduce_above=cfg.reduce_above, seed=cfg.seed)
 
 
+def state_probe(data: SuiteData, name: str, cfg: StudyConfig) -> QueryProbe:
+    """The probe of a whole stored state ``name`` of ``data``: a rank-1 bilinear form per head on the
+    compressed state A S B^T (per head an a x b matrix, ``cfg.compress = [a, b]``), or a virtual
+    query per head, phi(q) S / phi(q).z, on the query state (``kv-<phi>-Sz/n``: every head's d x d
+    S/n, then its z/n; the width of ``kv-<phi>-z/n`` gives the number of heads)."""
+    dim, n = data.arrays[name].shape[1], RepName.parse(name)
+    if n.readout == QUERY_STATE:
+        z_width = int(json.loads(data.index["dims"].iloc[0]).get(str(RepName("kv", f"{n.phi}-z/n", n.read)), 0))
+        d = dim // z_width - 1 if z_width else 0
+        if d < 1 or dim != z_width * (d + 1) or z_width % d:
+            raise ValueError(f"{name}: {dim} values are not heads of d x d S/n then d z/n (z/n has {z_width}); "
+                             "record it with query_states on")
+        return QueryProbe(state_shape=(z_width // d, 1, d, d), kind="query", with_z=True, random_state=cfg.seed)
+    a, b = cfg.compress or (0, 0)
+    if n.readout != COMPRESSED or not a or dim % (a * b):
+        raise ValueError(f"the state probe reads compressed states of (a, b) = {tuple(cfg.compress)} per head; "
+                         f"{name} ({dim} values) is not one (set compress = [a, b] and use a kv-<phi>-ASB/n state)")
+    return QueryProbe(state_shape=(dim // (a * b), 1, a, b), kind="bilinear", rank=1, random_state=cfg.seed)
+
+
 def row_detector(descriptor: str) -> str:
-    """The :func:`make_detector` name inside an evaluation row's detector descriptor."""
+    """The :func:`make_detector` name inside an evaluation row's detector descriptor (``STATE_PROBE``
+    for a state probe's row: build that one with :func:`state_probe`)."""
     return STATE_PROBE if descriptor == STATE_PROBE else detector_name(descriptor)
 
 
-def _is_compressed(name: str) -> bool:
-    return RepName.parse(name).readout == COMPRESSED
+def _whole_state(name: str, cfg: StudyConfig) -> bool:
+    """A state a probe reads unflattened: the compressed state (when ``cfg.compress`` is set) or the query state."""
+    readout = RepName.parse(name).readout
+    return readout == QUERY_STATE or (readout == COMPRESSED and bool(cfg.compress))
 
 
 def check_groups(y: np.ndarray, groups: np.ndarray, n_splits: int) -> int:
@@ -83,19 +99,23 @@ def evaluate_task(data: SuiteData, cfg: StudyConfig, log: Callable = log) -> Tas
                    and (cfg.representations is None or c.startswith(tuple(cfg.representations)))]
     rows, results = [], {}
     # a store written before the compressed state was kept whole holds it randomly projected: no state probe there
-    probes = [n for n in main if _is_compressed(n) and int(dims.get(n, -1)) == arrays[n].shape[1]] \
-        if cfg.compress and "logistic" in cfg.detectors else []
+    probes = [n for n in main if _whole_state(n, cfg) and int(dims.get(n, -1)) == arrays[n].shape[1]] \
+        if "logistic" in cfg.detectors else []
+    # the query state (tens of thousands of values) is read by its probe only
+    query = [n for n in main if RepName.parse(n).readout == QUERY_STATE]
+    main = [n for n in main if n not in query]
     try:
         matched = length_matched_indices(lengths, y, seed=cfg.seed)
     except ValueError:  # no length bin holds both classes: length alone separates them
         matched = np.array([], dtype=int)
-    with Stage("evaluate", len(main + extra_reads), "representations") as stage:
-        for name in main + extra_reads:
+    with Stage("evaluate", len(main + extra_reads + query), "representations") as stage:
+        for name in main + extra_reads + query:
             base = RepName.parse(name).base
-            dets = cfg.detectors if base in cfg.all_detectors_for else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
+            dets = [] if name in query else cfg.detectors if base in cfg.all_detectors_for \
+                else [d for d in ("mahalanobis", "logistic") if d in cfg.detectors]
             X = arrays[name]
             for det_name in dets + ([STATE_PROBE] if name in probes else []):
-                det = make_detector(det_name, X.shape[1], cfg)
+                det = state_probe(data, name, cfg) if det_name == STATE_PROBE else make_detector(det_name, X.shape[1], cfg)
                 r = evaluate_detector(X, y, groups, det, n_splits=cfg.n_splits, seed=cfg.seed, n_boot=cfg.n_boot,
                                       representation=name)
                 lm_auc = None

@@ -108,7 +108,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         layers = tuple(check_layers(lm, cfg.layers))
         phis = (*cfg.phis, learned_phi(lm, layout, layers, cfg)) if cfg.learned_phi else tuple(cfg.phis)
         settings = RepresentationSettings(layers=layers, phis=phis, seed=cfg.seed, projection=cfg.projection,
-                                          decays=tuple(cfg.decays), compress=tuple(cfg.compress), deltas=cfg.deltas)
+                                          decays=tuple(cfg.decays), compress=tuple(cfg.compress), deltas=cfg.deltas,
+                                          query_states=cfg.query_states)
         per_suite: dict[str, SuiteData | None] = {}
         benign = (load_suite(cfg.calibration_suite, limit=cfg.monitor_items, seed=cfg.seed)
                   if cfg.calibration_suite and cfg.monitor_items > 0 and cfg.monitor_suites else None)

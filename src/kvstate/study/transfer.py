@@ -12,9 +12,9 @@ import numpy as np
 from ..deploy import choose
 from ..detect import threshold_for_fpr
 from ..evaluate import auroc_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
-from ..representations import RepName, kv_option
+from ..representations import COMPRESSED, RepName, kv_option
 from .config import StudyConfig
-from .evaluate import STATE_PROBE, make_detector, row_detector
+from .evaluate import STATE_PROBE, make_detector, row_detector, state_probe
 from .types import HeldoutTransfer, SuiteData, TaskResult, TransferBlock
 
 __all__ = ["FAMILIES", "TRANSFER_REPRESENTATIONS", "choose", "cross_suite", "fit_choice", "heldout_transfer"]
@@ -56,7 +56,8 @@ def _length_matched_auroc(test: SuiteData, s: np.ndarray, seed: int) -> float | 
 def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
     """The chosen detector fitted on every training item (probes) or every normal one."""
     X = train.arrays[row["representation"]]
-    det = make_detector(row_detector(row["detector"]), X.shape[1], cfg)
+    name = row_detector(row["detector"])
+    det = state_probe(train, row["representation"], cfg) if name == STATE_PROBE else make_detector(name, X.shape[1], cfg)
     return fit_clone(det, X, train.y)
 
 
@@ -107,15 +108,15 @@ def heldout_transfer(train: SuiteData, task: TaskResult, test: SuiteData, calib:
 
 def _ablation_groups(table: list[dict], state_probes: list[dict] = ()) -> dict[str, list[dict]]:
     """Logistic rows at the end read point, grouped by the option they test: each kv state option,
-    the activations (the baseline to beat) and the two controls; and the bilinear state probe on
-    the compressed states, an option of its own."""
+    the activations (the baseline to beat) and the two controls; and the state probes, options of
+    their own: the bilinear probe on the compressed states, the virtual query on the whole states."""
     groups: dict[str, list[dict]] = {}
     for r in [*table, *state_probes]:
         n = RepName.parse(r["representation"])
         if r["detector"] not in ("logistic", STATE_PROBE) or n.read not in (None, "end") or n.is_sweep:
             continue
         if r["detector"] == STATE_PROBE:
-            option = "bilinear probe on A S B^T"
+            option = "bilinear probe on A S B^T" if n.readout == COMPRESSED else "virtual-query probe phi(q) S / phi(q).z"
         else:
             option = kv_option(str(n)) if n.prefix == "kv" else {"ctl-bow": "control: BoW", "ctl-length": "control: length"}.get(
                 n.base, "activation (best)" if n.prefix == "act" else None)
