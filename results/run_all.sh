@@ -17,6 +17,7 @@ case "${1:-all}" in
   transfer-*)  # round 2: held-out transfer, benign thresholds, prefix monitors (results/configs/transfer.toml)
     m="${1#transfer-}"
     size=(--limit 80 --dtype bfloat16); [ "$m" = smollm2-135m ] && size=(--limit 120 --dtype float32)
+    [ "$m" = qwen2.5-1.5b ] && size=(--limit 60 --dtype bfloat16)  # ~65 min on 2 CPU cores
     .venv/bin/kvstate study -c results/configs/transfer.toml --models "$m" "${size[@]}" -o "runs/results/transfer-$m"
     mkdir -p "results/transfer-$m" && cp "runs/results/transfer-$m/report.html" "runs/results/transfer-$m/results.json" "results/transfer-$m/" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
