@@ -195,7 +195,7 @@ def prepare_suite(lm: LoadedModel, name: str, suite: Suite, layout: StudyLayout,
         notes.append(f"{lm.name}/{name}: dropped {dropped} items longer than {cfg.max_tokens} tokens")
     labels = {it.label for it in items}
     if not items or (labels != {0, 1} and not one_class):
-        note = f"{lm.name}/{name}: skipped, labels {sorted(labels)} (needs both classes; e.g. the model never refused)"
+        note = f"{lm.name}/{name}: skipped, labels {sorted(labels)} (needs both classes; every item left has the same label)"
         notes.append(note)
         log("  " + note)
         return None
