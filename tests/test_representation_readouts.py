@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import PROMPTS, tiny_model
 from sklearn.base import clone
 
@@ -153,3 +154,36 @@ def test_learned_phi_states_and_readout_match_extract(arch, tmp_path):
     q_end = {l: torch.stack([s[l][0][0][:, -1:] for s in seqs]) for l in layers}  # (N, Hq, 1, d): each item's last query
     ref = torch.cat([st.attend(q_end[l], "end", l)[:, :, 0].flatten(1) for l in layers], 1)
     np.testing.assert_allclose(stack(c, "kv-learned-attn@end"), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ benign reference queries
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_reference_query_readout_is_the_mean_benign_feature_reading_the_state(arch, tmp_path):
+    from kvstate.state.learned import LearnedPhi, load_reference_queries, reference_queries, save_reference_queries
+    from kvstate.state.phi import get_phi
+
+    lm = tiny_model(arch)
+    refs = reference_queries(lm, [0, 1], prompts=["Hello there, how are you?", "What is two plus two?", "Name a colour."])
+    assert sorted(refs) == [0, 1] and refs[0].shape[0] == 3  # (K prompts, Hq, d) per layer
+    path = save_reference_queries(tmp_path / "refq.safetensors", refs, {"model": arch})
+    assert torch.equal(load_reference_queries(path)[0][1], refs[1])
+    s = RepresentationSettings(layers=(0, 1), phis=("identity", "elu"), sweep=False, max_dim=8192, ref_queries=str(path))
+    batched, single = (capture_representations(lm, PROMPTS, s, batch_size=b) for b in (3, 1))
+    st = kvstate.extract(lm, PROMPTS, layers=[0, 1], phi="elu", reads=["prompt_end", "end"])
+    for r, read in enumerate(["prompt_end", "end"]):
+        expected = []
+        for li in (0, 1):
+            S, z = st.S[:, r, li], st.z[:, r, li]  # (N, H, f, e), (N, H, f)
+            m = get_phi("elu")(refs[li]).mean(0)  # (Hq, f): the mean benign feature per query head
+            rep = m.shape[0] // S.shape[1]
+            num = torch.einsum("hf,nhfe->nhe", m, S.repeat_interleave(rep, 1))
+            den = torch.einsum("hf,nhf->nh", m, z.repeat_interleave(rep, 1))
+            expected.append((num / den[..., None]).flatten(1))
+        got = stack(batched, f"kv-elu-refq@{read}")
+        np.testing.assert_allclose(got, torch.cat(expected, 1).numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got, stack(single, f"kv-elu-refq@{read}"), rtol=1e-3, atol=1e-4)  # padding changes nothing
+    other = LearnedPhi({0: (torch.eye(4), torch.zeros(4))}).save(tmp_path / "phi.safetensors")
+    with pytest.raises(ValueError, match="not a kvstate reference-query file"):
+        load_reference_queries(other)

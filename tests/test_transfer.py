@@ -17,8 +17,8 @@ from kvstate.deploy import Detector
 from kvstate.detect import detector_name
 from kvstate.study import StudyConfig, run_study
 
-REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "kv-elu-Sz/n", "kv-learned-S/n", "act-resid-last", "ctl-length",
-        "ctl-bow"]
+REPS = ["kv-identity-S/n", "kv-elu-S/n-hn", "kv-identity-ASB/n", "kv-elu-Sz/n", "kv-elu-refq", "kv-learned-S/n", "act-resid-last",
+        "ctl-length", "ctl-bow"]
 TOPICS = ["cats", "rivers", "bread", "music", "trains", "stars", "gardens", "maths", "boats", "tea", "snow", "maps"]
 runner = CliRunner()
 
@@ -55,7 +55,8 @@ def _cfg(root: Path, test: Path) -> StudyConfig:
                        phis=["identity", "elu"], detectors=["mahalanobis", "pca", "knn", "logistic"], all_detectors_for=REPS, chunk=8,
                        batch_size=4, layers="all", representations=REPS, monitor_items=0, fidelity_layers=None,
                        transfer={"alpha": [str(test)]}, calibration_suite=str(root / "benign.jsonl"), calibration_items=16,
-                       transfer_fpr=0.1, decays=[0.9], compress=[4, 4], query_states=True)
+                       transfer_fpr=0.1, decays=[0.9], compress=[4, 4], query_states=True,
+                       reference_queries=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +93,11 @@ def test_scrambled_test_labels_change_no_choice(study, tmp_path):
     cfg = _cfg(root, scrambled)
     phi_file = root / "run" / "phi" / "tiny-llama.learned.safetensors"
     made = phi_file.stat().st_mtime_ns
+    refq_file = root / "run" / "phi" / "tiny-llama.refq.safetensors"
+    refq_made = refq_file.stat().st_mtime_ns
     again = run_study(cfg, root / "run")  # resumes from the store: only the labels of the test suite differ
     assert phi_file.stat().st_mtime_ns == made  # the learned map is trained once per study folder, then reused
+    assert refq_file.stat().st_mtime_ns == refq_made  # and so are the reference queries
     _suite(root / "gamma.jsonl", 16, 2, "attack")  # restore for the other tests
     pick = lambda b: [(r["family"], r["supervised"], r["representation"], r["detector"]) for r in b["rows"]]  # noqa: E731
     a, b = res["heldout"]["tiny-llama/alpha -> gamma"], again["heldout"]["tiny-llama/alpha -> gamma"]
@@ -109,7 +113,7 @@ def test_ablation_rows_are_each_options_training_cv_choice(study):
     options = {r["option"]: r for r in block["ablation"]}
     assert {"plain S/n", "decay 0.9", "compressed A S B^T", "head-normalised", "activation (best)", "control: BoW",
             "control: length", "learned phi (Hedgehog)", "bilinear probe on A S B^T",
-            "virtual-query probe phi(q) S / phi(q).z"} <= set(options)
+            "virtual-query probe phi(q) S / phi(q).z", "benign reference queries' read-out"} <= set(options)
     table = res["tasks"]["tiny-llama/alpha"]["table"]
     probes = res["tasks"]["tiny-llama/alpha"]["state_probes"]
     # the state probes read the unprojected compressed and query states; their rows stay out of the table that

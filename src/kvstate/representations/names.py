@@ -130,7 +130,8 @@ def decay_of(kind: str) -> float | None:
 #: kv read-out -> the state option it tests (the ablation groups of the transfer stage)
 KV_OPTIONS = {"S/n": "plain S/n", "S/n-hn": "head-normalised", "S/n-content": "content tokens only",
               "S/n-pre": "pre-RoPE keys", "S/n-pre-content": "pre-RoPE, content tokens", "ASB/n": "compressed A S B^T",
-              "dS/n": "span delta (reply only)", "attn": "own-query read-out", "S|z|": "S/|z|", "svals": "top singular values"}
+              "dS/n": "span delta (reply only)", "attn": "own-query read-out", "refq": "benign reference queries' read-out",
+              "S|z|": "S/|z|", "svals": "top singular values"}
 
 
 def kv_option(name: str) -> str | None:

@@ -12,7 +12,8 @@ Names are stable (``family/name@read``) and every vector is float32. Families:
   ``deltas``), for the ablation phis: decayed states (``S/n-decay<gamma>``), the structured
   compression A (S/n) B^T (``ASB/n``; never projected further, so probes can read its per-head
   a x b matrices), the reply's own state (``dS/n``, read at the end only) and the whole S/n and z/n
-  of every head (``Sz/n``, read at the end only, never projected: the virtual-query probe's input).
+  of every head (``Sz/n``, read at the end only, never projected: the virtual-query probe's input);
+  with ``ref_queries``, the state read by benign reference prompts' queries (``refq``).
 - ``act``: residual stream at the read token and mean over tokens (RepE), per-head attention outputs
   before o_proj at the read token (ITI), LLM-Check attention and hidden-state scores, perplexity and
   mean token entropy.
@@ -38,6 +39,7 @@ import torch
 
 from ..capture import AttentionCall, Batch, Recorder, check_layers, encode_all, run
 from ..state import compression_matrices, decay_weights, for_layer, get_phi, parallel_state
+from ..state.learned import load_reference_queries
 from ..state.phi import Identity
 from .names import RepName
 from .projection import sketch
@@ -68,6 +70,7 @@ class RepresentationRecorder(Recorder):
         self.phis = list(settings.feature_maps().items())
         self.rows: list[dict[str, np.ndarray]] = []
         self.dims: dict[str, int] = {}
+        self.ref_q = load_reference_queries(settings.ref_queries)[0] if settings.ref_queries else {}  # {layer: (K, Hq, d)}
 
     # -- per batch ---------------------------------------------------------------------------
     def begin(self, batch: Batch) -> None:
@@ -128,6 +131,8 @@ class RepresentationRecorder(Recorder):
             if key not in self.s.ablation_phis:
                 continue
             self._add(f"kv-{key}-S/n-hn", headnorm(Sv / nn_))
+            if call.layer in self.ref_q:  # what the benign reference queries would read from this state
+                self._add(f"kv-{key}-refq", _reference_readout(self.ref_q[call.layer].to(S.device), S, z, phi))
             if self.s.query_states and phi.name in POSITIVE_PHI and S.shape[-2] == S.shape[-1]:  # whole, last read
                 self._add(f"kv-{key}-{QUERY_STATE}", (S / nn_)[:, -1:])
                 self._add(f"kv-{key}-{QUERY_STATE}", (z / nn_[..., 0])[:, -1:], tail=True)
@@ -258,10 +263,20 @@ def _at_reads(x: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
 
 def _linear_readout(q: torch.Tensor, S: torch.Tensor, z: torch.Tensor, phi) -> torch.Tensor:
     """phi(q) S / phi(q).z for the read token's queries: q (B, R, Hq, d), S (B, R, H, f, e)."""
-    B, R, Hq, _ = q.shape
-    H = S.shape[2]
     # per-head maps (a learned phi) read (..., heads, tokens, d); elementwise and shared maps take q as it is
-    fq = phi(q.transpose(1, 2)).transpose(1, 2) if hasattr(phi, "for_layer") else phi(q)
+    return _read(phi(q.transpose(1, 2)).transpose(1, 2) if hasattr(phi, "for_layer") else phi(q), S, z)
+
+
+def _reference_readout(q_ref: torch.Tensor, S: torch.Tensor, z: torch.Tensor, phi) -> torch.Tensor:
+    """m S / m.z with m = mean_k phi(q_ref[k]) per query head: q_ref (K, Hq, d) -> (B, R, Hq, e)."""
+    m = (phi(q_ref.transpose(0, 1)).mean(1) if hasattr(phi, "for_layer") else phi(q_ref).mean(0)).to(S.dtype)  # (Hq, f)
+    return _read(m.expand(*S.shape[:2], *m.shape), S, z)
+
+
+def _read(fq: torch.Tensor, S: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """fq S / fq.z for query features fq (B, R, Hq, f) and states S (B, R, H, f, e), z (B, R, H, f)."""
+    B, R, Hq, _ = fq.shape
+    H = S.shape[2]
     fq = fq.reshape(B, R, H, Hq // H, fq.shape[-1])  # the query heads of each KV head (GQA), without copying S
     num = torch.einsum("brhgf,brhfe->brhge", fq, S).flatten(2, 3)
     den = torch.einsum("brhgf,brhf->brhg", fq, z).flatten(2, 3)

@@ -53,8 +53,13 @@ class RepresentationSettings:
         whole (:func:`kvstate.detect.pack_states` layout, never projected), so that a virtual-query
         probe (``QueryProbe(kind="query", with_z=True)``) can read phi(q) S / phi(q).z per head. Its
         width, with the width of ``z/n``, fixes the (heads, d, d) shape.
+    ref_queries : str, default=""
+        A file of benign reference prompts' queries (:func:`kvstate.state.learned.save_reference_queries`);
+        when set, also record ``kv-<phi>-refq`` for the ``ablation_phis``: each layer's state read by
+        the mean reference feature per query head, m S / m.z with m = mean_k phi(q_k), one d_v-vector
+        per query head (as the own-query read-out ``attn``, with benign queries instead of the item's).
 
-    The last four were added later and are left out of :meth:`to_dict` at their defaults (off), so
+    The last five were added later and are left out of :meth:`to_dict` at their defaults (off), so
     the settings hash of existing stores does not change.
     """
 
@@ -73,6 +78,7 @@ class RepresentationSettings:
     compress: tuple[int, ...] = ()
     deltas: bool = False
     query_states: bool = False
+    ref_queries: str = ""
 
     def __post_init__(self):
         check_option("projection", self.projection, Projection)
@@ -83,7 +89,7 @@ class RepresentationSettings:
             raise ValueError(f"compress must be (a, b) with positive sizes, or () for off; got {self.compress}")
 
     #: fields added later, left out of to_dict at these defaults so older stores keep their hash
-    _LATER = {"projection": "gaussian", "decays": (), "compress": (), "deltas": False, "query_states": False}
+    _LATER = {"projection": "gaussian", "decays": (), "compress": (), "deltas": False, "query_states": False, "ref_queries": ""}
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -47,6 +47,7 @@ from ..models import LoadedModel
 from .phi import FeatureMap, register_phi
 
 FORMAT = "kvstate-learned-phi/1"
+REFQ_FORMAT = "kvstate-reference-queries/1"
 
 CALIBRATION_PROMPTS: list[Any] = [
     "What is the capital of Australia, and why is it not Sydney?",
@@ -254,6 +255,37 @@ def collect_qk(lm: LoadedModel, prompts: Sequence[Any], layers: Sequence[int], c
     # clone outside inference mode so the tensors can enter autograd
     seqs = {l: [(q.clone(), k.clone()) for q, k in s] for l, s in rec.seqs.items()}
     return seqs, rec.scaling
+
+
+def reference_queries(lm: LoadedModel, layers: Sequence[int], prompts: Sequence[Any] = CALIBRATION_PROMPTS,
+                      batch_size: int = 8) -> dict[int, torch.Tensor]:
+    """The last token's post-RoPE queries of benign reference prompts: {layer: (K, Hq, d)} float32.
+
+    A state read with them (``kv-<phi>-refq``) answers "what would a benign request's query get
+    from this context", the unsupervised counterpart of the item's own query read-out.
+    """
+    seqs, _ = collect_qk(lm, prompts, layers, batch_size=batch_size)
+    return {l: torch.stack([q[:, -1] for q, _ in s]) for l, s in seqs.items()}
+
+
+def save_reference_queries(path: str | Path, queries: dict[int, torch.Tensor], meta: dict) -> Path:
+    """safetensors ``q.<layer>`` (K, Hq, d) with JSON metadata (model, layers, prompts hash)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"q.{l}": q.float().contiguous() for l, q in queries.items()}
+    meta = {**meta, "format": REFQ_FORMAT, "layers": sorted(queries)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(meta, sort_keys=True)}))
+    return path
+
+
+def load_reference_queries(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
+    """({layer: (K, Hq, d)}, metadata) from :func:`save_reference_queries`; refuses other files."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("kvstate", "{}"))
+        if meta.get("format") != REFQ_FORMAT:
+            raise ValueError(f"{path} is not a kvstate reference-query file (format {meta.get('format')!r}); "
+                             "write one with save_reference_queries")
+        return {int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, meta
 
 
 # ---------------------------------------------------------------- training

@@ -60,6 +60,10 @@ class StudyLayout:
         """The Hedgehog feature map the study trained for a model (safetensors)."""
         return self.out / "phi" / f"{safe_name(model)}.learned.safetensors"
 
+    def reference_queries(self, model: str) -> Path:
+        """The benign reference prompts' queries a study recorded for a model (safetensors)."""
+        return self.out / "phi" / f"{safe_name(model)}.refq.safetensors"
+
     def has_store(self, model: str, suite: str) -> bool:
         return (self.store(model, suite) / "store.json").exists()
 

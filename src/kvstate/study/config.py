@@ -43,6 +43,7 @@ class StudyConfig:
     compress: list[int] = field(default_factory=list)  # [a, b]: also record the compressed state A S B^T
     deltas: bool = False  # also record the reply's own state dS/n (needs replies)
     query_states: bool = False  # also record the whole S/n and z/n (elu, end) for the virtual-query probe
+    reference_queries: bool = False  # also read the states with benign reference prompts' queries (kv-<phi>-refq)
     dtype: str = "float32"
     batch_size: int = 8
     chunk: int = 32  # items per store shard (the unit of resumption)

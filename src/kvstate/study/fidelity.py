@@ -1,5 +1,6 @@
-"""Stages of the feature maps: the learned (Hedgehog) map of each model, and how well each phi's
-linear attention reproduces the model's softmax attention."""
+"""Stages of the feature maps: the learned (Hedgehog) map of each model, the benign reference
+queries its states are also read with, and how well each phi's linear attention reproduces the
+model's softmax attention."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from typing import Sequence
 from ..capture import check_layers
 from ..models import LoadedModel
 from ..state.fidelity import attention_fidelity
-from ..state.learned import CALIBRATION_PROMPTS, HELDOUT_PROMPTS, LearnedPhi, train_learned_phi
+from ..state.learned import (
+    CALIBRATION_PROMPTS,
+    HELDOUT_PROMPTS,
+    LearnedPhi,
+    load_reference_queries,
+    prompts_hash,
+    reference_queries,
+    save_reference_queries,
+    train_learned_phi,
+)
 from ..store import StudyLayout
 from .config import StudyConfig
 from .progress import log
 from .types import FidelityResult
 
-__all__ = ["learned_phi", "phi_fidelity"]
+__all__ = ["learned_phi", "phi_fidelity", "reference_query_file"]
 
 
 def learned_phi(lm: LoadedModel, layout: StudyLayout, layers: Sequence[int], cfg: StudyConfig) -> str:
@@ -29,6 +39,20 @@ def learned_phi(lm: LoadedModel, layout: StudyLayout, layers: Sequence[int], cfg
     log(f"[{lm.name}] training the learned (Hedgehog) phi at layers {list(layers)}")
     train_learned_phi(lm, CALIBRATION_PROMPTS, list(layers), seed=cfg.seed, batch_size=cfg.batch_size).save(path)
     return f"learned:{path}"
+
+
+def reference_query_file(lm: LoadedModel, layout: StudyLayout, layers: Sequence[int]) -> str:
+    """The path of the model's reference queries at ``layers`` (the calibration prompts' last-token
+    queries, as the learned map is trained on them: no suite's items), computed once per study folder."""
+    path = layout.reference_queries(lm.name)
+    meta = {"model": lm.name, "prompts": prompts_hash(CALIBRATION_PROMPTS)}
+    if path.exists():
+        _, old = load_reference_queries(path)
+        if old.get("layers") == sorted(layers) and all(old.get(k) == v for k, v in meta.items()):
+            return str(path)
+    log(f"[{lm.name}] recording the benign reference queries at layers {list(layers)}")
+    save_reference_queries(path, reference_queries(lm, layers), meta)
+    return str(path)
 
 
 def phi_fidelity(lm: LoadedModel, cfg: StudyConfig, phis: Sequence[str] | None = None) -> FidelityResult:

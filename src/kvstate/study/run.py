@@ -32,7 +32,7 @@ from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
 from .config import EVALUATION_SETTINGS, StudyConfig
 from .evaluate import TooFewGroups, best, check_groups, evaluate_task
-from .fidelity import learned_phi, phi_fidelity
+from .fidelity import learned_phi, phi_fidelity, reference_query_file
 from .generate import fit_context, replies
 from .monitor import evaluate_monitor
 from .progress import log
@@ -109,7 +109,8 @@ def run_study(cfg: StudyConfig, out: Path, command: str = "") -> dict:
         phis = (*cfg.phis, learned_phi(lm, layout, layers, cfg)) if cfg.learned_phi else tuple(cfg.phis)
         settings = RepresentationSettings(layers=layers, phis=phis, seed=cfg.seed, projection=cfg.projection,
                                           decays=tuple(cfg.decays), compress=tuple(cfg.compress), deltas=cfg.deltas,
-                                          query_states=cfg.query_states)
+                                          query_states=cfg.query_states,
+                                          ref_queries=reference_query_file(lm, layout, layers) if cfg.reference_queries else "")
         per_suite: dict[str, SuiteData | None] = {}
         benign = (load_suite(cfg.calibration_suite, limit=cfg.monitor_items, seed=cfg.seed)
                   if cfg.calibration_suite and cfg.monitor_items > 0 and cfg.monitor_suites else None)
