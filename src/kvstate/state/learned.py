@@ -201,25 +201,37 @@ class LearnedPhi(FeatureMap):
 
     def save(self, path: str | Path) -> Path:
         """safetensors with JSON metadata; the map then reloads from ``config()``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for l, (W, b) in self.weights.items():
             tensors[f"W.{l}"], tensors[f"b.{l}"] = W.contiguous(), b.contiguous()
-        meta = {**self.meta, "format": FORMAT, "layers": self.layers, "n_features": self.n_features}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(meta, sort_keys=True)}))
+        path = _save(path, tensors, {**self.meta, "format": FORMAT, "layers": self.layers, "n_features": self.n_features})
         self.path = str(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path, layer: int | None = None) -> "LearnedPhi":
         """Read a map written by :meth:`save` (refuses other files)."""
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("kvstate", "{}"))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path} is not a kvstate learned phi (format {meta.get('format')!r})")
-            weights = {int(l): (f.get_tensor(f"W.{l}"), f.get_tensor(f"b.{l}")) for l in meta["layers"]}
+        tensors, meta = _load(path, FORMAT, "a kvstate learned phi")
+        weights = {int(l): (tensors[f"W.{l}"], tensors[f"b.{l}"]) for l in meta["layers"]}
         return cls(weights, meta, path, layer)
+
+
+def _save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write tensors and JSON metadata (``meta["format"]`` names the kind of file) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(meta, sort_keys=True)}))
+    return path
+
+
+def _load(path: str | Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file :func:`_save` wrote with format ``fmt``; a one-line error naming
+    ``what`` it should have been otherwise."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("kvstate", "{}"))
+        if meta.get("format") != fmt:
+            raise ValueError(f"{path} is not {what} (format {meta.get('format')!r})")
+        return {k: f.get_tensor(k) for k in f.keys()}, meta
 
 
 register_phi("learned", LearnedPhi.load)
@@ -270,22 +282,14 @@ def reference_queries(lm: LoadedModel, layers: Sequence[int], prompts: Sequence[
 
 def save_reference_queries(path: str | Path, queries: dict[int, torch.Tensor], meta: dict) -> Path:
     """safetensors ``q.<layer>`` (K, Hq, d) with JSON metadata (model, layers, prompts hash)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"q.{l}": q.float().contiguous() for l, q in queries.items()}
-    meta = {**meta, "format": REFQ_FORMAT, "layers": sorted(queries)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kvstate": json.dumps(meta, sort_keys=True)}))
-    return path
+    return _save(path, tensors, {**meta, "format": REFQ_FORMAT, "layers": sorted(queries)})
 
 
 def load_reference_queries(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
     """({layer: (K, Hq, d)}, metadata) from :func:`save_reference_queries`; refuses other files."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("kvstate", "{}"))
-        if meta.get("format") != REFQ_FORMAT:
-            raise ValueError(f"{path} is not a kvstate reference-query file (format {meta.get('format')!r}); "
-                             "write one with save_reference_queries")
-        return {int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}, meta
+    tensors, meta = _load(path, REFQ_FORMAT, "a kvstate reference-query file (write one with save_reference_queries)")
+    return {int(k.split(".", 1)[1]): q for k, q in tensors.items()}, meta
 
 
 # ---------------------------------------------------------------- training
