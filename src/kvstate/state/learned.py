@@ -225,8 +225,7 @@ def _save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Pat
 
 
 def _load(path: str | Path, fmt: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, metadata) of a file :func:`_save` wrote with format ``fmt``; a one-line error naming
-    ``what`` it should have been otherwise."""
+    """(tensors, metadata) of a file :func:`_save` wrote with format ``fmt``; else an error naming ``what``."""
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("kvstate", "{}"))
         if meta.get("format") != fmt:
@@ -271,11 +270,8 @@ def collect_qk(lm: LoadedModel, prompts: Sequence[Any], layers: Sequence[int], c
 
 def reference_queries(lm: LoadedModel, layers: Sequence[int], prompts: Sequence[Any] = CALIBRATION_PROMPTS,
                       batch_size: int = 8) -> dict[int, torch.Tensor]:
-    """The last token's post-RoPE queries of benign reference prompts: {layer: (K, Hq, d)} float32.
-
-    A state read with them (``kv-<phi>-refq``) answers "what would a benign request's query get
-    from this context", the unsupervised counterpart of the item's own query read-out.
-    """
+    """The last token's post-RoPE queries of benign reference prompts, {layer: (K, Hq, d)} float32: a
+    state read with them (``kv-<phi>-refq``) is what a benign request's query would get from it."""
     seqs, _ = collect_qk(lm, prompts, layers, batch_size=batch_size)
     return {l: torch.stack([q[:, -1] for q, _ in s]) for l, s in seqs.items()}
 
