@@ -4,6 +4,7 @@ multi-turn system prompts, and the BoW confound baseline. Labels come from hand-
 import math
 import re
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,9 +169,12 @@ def _pressure_replies(s):
     return replies
 
 
-def test_deception_pressure_prompt_cannot_tell():
-    s = load_suite("deception-pressure")
-    assert len(s) > 800 and all(it.label == -1 for it in s.items)
+@pytest.mark.parametrize("name,per_question", [("deception-pressure", 2), ("deception-request", 1)])
+def test_deception_pressure_prompt_cannot_tell(name, per_question):
+    s = load_suite(name)
+    assert len(s) > 400 * per_question and all(it.label == -1 for it in s.items)
+    sizes = Counter(it.group for it in s.items)
+    assert set(sizes.values()) == {per_question}
     by_q = {}
     for it in s.items:
         by_q.setdefault(it.group, set()).add(it.meta["scenario"])

