@@ -55,7 +55,9 @@ def test_recorded_arrays_equal_the_reference(arch):
         if made_on == _platform():
             np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
         else:  # pragma: no cover - another BLAS build
-            np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
+            rtol = 1e-4 if "llmcheck" in name else 1e-5  # a log-det score: ~3e-5 across BLAS builds
+            atol = max(1e-6, 1e-5 * float(np.abs(ref[name]).max()))  # of the array's largest value
+            np.testing.assert_allclose(got[name], ref[name], rtol=rtol, atol=atol, err_msg=name)
 
 
 def _write() -> None:
