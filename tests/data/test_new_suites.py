@@ -4,7 +4,6 @@ multi-turn system prompts, and the BoW confound baseline. Labels come from hand-
 import math
 import re
 import warnings
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,13 +172,12 @@ def _pressure_replies(s):
 def test_deception_pressure_prompt_cannot_tell(name, per_question):
     s = load_suite(name)
     assert len(s) > 400 * per_question and all(it.label == -1 for it in s.items)
-    sizes = Counter(it.group for it in s.items)
-    assert set(sizes.values()) == {per_question}
     by_q = {}
     for it in s.items:
-        by_q.setdefault(it.group, set()).add(it.meta["scenario"])
+        by_q.setdefault(it.group, []).append(it.meta["scenario"])
         assert it.meta["decoy"] not in it.meta["answers"]
         assert it.meta["decoy"] in "\n".join(m["content"] for m in it.messages)
+    assert all(len(v) == len(set(v)) == per_question for v in by_q.values())
     out = s.label_with(_pressure_replies(s))
     assert set(out.label_counts()) == {0, 1} and not out.dropped
     assert bow_auroc(out, "prompt") <= 0.6
