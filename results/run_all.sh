@@ -5,9 +5,10 @@
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 SUITES=jailbreak,hallucination,deception,sysprompt
+keep() { mkdir -p "results/$1" && cp "runs/results/$1/report.html" "runs/results/$1/results.json" "results/$1/"; }
 run() {  # model limit dtype [extra study flags]
   .venv/bin/kvstate study --models "$1" --suites "$SUITES" --limit "$2" --dtype "$3" -o "runs/results/$1" "${@:4}"
-  mkdir -p "results/$1" && cp "runs/results/$1/report.html" "runs/results/$1/results.json" "results/$1/"
+  keep "$1"
 }
 case "${1:-all}" in
   smollm2-135m) run smollm2-135m 300 float32 ;;
@@ -19,6 +20,10 @@ case "${1:-all}" in
     size=(--limit 80 --dtype bfloat16); [ "$m" = smollm2-135m ] && size=(--limit 120 --dtype float32)
     [ "$m" = qwen2.5-1.5b ] && size=(--limit 60 --dtype bfloat16)  # ~65 min on 2 CPU cores
     .venv/bin/kvstate study -c results/configs/transfer.toml --models "$m" "${size[@]}" -o "runs/results/transfer-$m"
-    mkdir -p "results/transfer-$m" && cp "runs/results/transfer-$m/report.html" "runs/results/transfer-$m/results.json" "results/transfer-$m/" ;;
+    keep "transfer-$m" ;;
+  request-*)  # deception for the qwens, which never give in to deception-pressure (results/configs/deception-request.toml)
+    m="${1#request-}"
+    .venv/bin/kvstate study -c results/configs/deception-request.toml --models "$m" --limit 160 --dtype bfloat16 -o "runs/results/request-$m"
+    keep "request-$m" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac

@@ -1,4 +1,5 @@
-"""Round-2 tables from results/transfer-<model>/results.json (printed as Markdown).
+"""Round-2 tables from results/transfer-<model>/results.json and results/request-<model>/results.json
+(the deception-request study of the models that never give in to deception-pressure), printed as Markdown.
 
     .venv/bin/python results/transfer_tables.py > results/transfer.md
 
@@ -35,9 +36,13 @@ def _f(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _model(folder: Path) -> str:
+    return folder.name.removeprefix("transfer-").removeprefix("request-")
+
+
 def main(folders: list[Path]) -> None:
-    found = [(f.name.removeprefix("transfer-"), json.loads((f / "results.json").read_text())) for f in folders
-             if (f / "results.json").exists()]
+    found = sorted(((_model(f), json.loads((f / "results.json").read_text())) for f in folders
+                    if (f / "results.json").exists()), key=lambda mr: mr[0])
     print("Held-out transfer (train on one suite, test on another dataset of the same task; threshold at 1% FPR on "
           "benign-chat prompts; choice of representation and detector on the training suite only).")
     print()
@@ -127,4 +132,4 @@ def moved(found: list[tuple[str, dict]]) -> None:
 
 
 if __name__ == "__main__":
-    main([Path(p) for p in sys.argv[1:]] or sorted(HERE.glob("transfer-*")))
+    main([Path(p) for p in sys.argv[1:]] or sorted([*HERE.glob("transfer-*"), *HERE.glob("request-*")]))
