@@ -9,7 +9,9 @@ Variants, all greedy with the same prompts and ``min_new_tokens = max_new_tokens
   random features with a planted direction at the spec's width (2048, after the seeded projection),
   scored folded (one dot product with the unprojected read-out, :mod:`kvstate.monitor.fold`);
 - ``dense_upper3``: the same monitor and probe with ``fold=False`` (projection + detector per step);
-- ``folded_all``: all layers, folded.
+- ``folded_all``: all layers, folded;
+- ``compressed_upper3``: the compressed state ``kv-elu-ASB/n`` (16 x 16 per head, kept as A S B^T:
+  O((a + b) d) per token, never projected), the same kind of probe, folded.
 
 fp32, ``torch.set_num_threads(2)``, batch 1 and 8, median of interleaved rounds after a warm-up (each
 round runs every variant once in a rotated order; ratios are medians of per-round ratios to
@@ -57,10 +59,10 @@ def bench_model(model: str, batches: list[int], tokens: int, rounds: int) -> dic
     lm = kvstate.load_model(model)
     tok = lm.tokenizer
     monitors = {}
-    for key, layers, fold in [("folded_upper3", "upper3", True), ("dense_upper3", "upper3", False),
-                              ("folded_all", "all", True)]:
+    for key, layers, fold, compress in [("folded_upper3", "upper3", True, ()), ("dense_upper3", "upper3", False, ()),
+                                        ("folded_all", "all", True, ()), ("compressed_upper3", "upper3", True, (16, 16))]:
         layers = check_layers(lm, layers)
-        spec = monitor_spec(layers)
+        spec = monitor_spec(layers, rep="kv-elu-ASB/n", compress=compress) if compress else monitor_spec(layers)
         det, dim = monitor_detector(lm, spec, "logistic")
         monitors[key] = (Monitor(lm, spec, det, fold=fold), {"layers": len(layers), "feature_dim": dim, "fold": fold})
     out = {"model": model, "new_tokens": tokens, "batches": {}}

@@ -375,13 +375,15 @@ def bench_memory(quick: bool) -> dict:
 # 3. monitor overhead
 # ---------------------------------------------------------------------------------------------
 
-def monitor_spec(layers, projection: str = "gaussian", max_dim: int = 2048, rep: str = "kv-elu-S/n"):
-    """The monitor spec the monitor benchmarks score: elu states of ``layers``, projected above ``max_dim``."""
+def monitor_spec(layers, projection: str = "gaussian", max_dim: int = 2048, rep: str = "kv-elu-S/n", compress=()):
+    """The monitor spec the monitor benchmarks score: elu states of ``layers``, projected above ``max_dim``
+    (``compress=(a, b)`` with ``rep="kv-elu-ASB/n"``: the compressed state, kept as A S B^T)."""
     from kvstate.monitor import MonitorSpec
     from kvstate.representations import RepresentationSettings
 
     return MonitorSpec(rep, list(layers), {"name": "elu"},
-                       RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection).to_dict())
+                       RepresentationSettings(layers=tuple(layers), max_dim=max_dim, projection=projection,
+                                              compress=tuple(compress)).to_dict())
 
 
 def monitor_feature_dim(lm, spec) -> int:
@@ -389,16 +391,16 @@ def monitor_feature_dim(lm, spec) -> int:
 
     The read-out's width capped at ``max_dim``, without building the projection matrix (2.8 GiB for
     all layers of smollm2, which would stay cached and count against every later variant)."""
-    from kvstate.representations import RepresentationSettings, parse_kv_name
+    from kvstate.representations import COMPRESSED, RepresentationSettings, parse_kv_name
     from kvstate.representations.readout import kv_readout
 
     cfg = lm.model.config
     L, H = len(spec.layers), cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    S = torch.zeros(1, L, H, d, d)
-    settings = RepresentationSettings.from_dict(spec.settings)
-    width = kv_readout(S, torch.zeros(1, L, H, d), torch.ones(1, L), parse_kv_name(spec.representation)[1], settings, d).shape[1]
-    return min(width, settings.max_dim)
+    settings, kind = RepresentationSettings.from_dict(spec.settings), parse_kv_name(spec.representation)[1]
+    S = torch.zeros(1, L, H, *(settings.compress if kind == COMPRESSED else (d, d)))  # the state as the monitor keeps it
+    width = kv_readout(S, torch.zeros(1, L, H, d), torch.ones(1, L), kind, settings, d).shape[1]
+    return width if kind == COMPRESSED else min(width, settings.max_dim)
 
 
 def monitor_detector(lm, spec, name: str = "mahalanobis", n: int = 300, seed: int = 0):

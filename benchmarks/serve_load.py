@@ -4,8 +4,9 @@ Two Serve applications on one local Ray cluster, loopback only: ``mon`` (the mon
 state + detector per token, like ``kvstate serve``) and ``base`` (the same gateway, batching and
 greedy generation, without the state). Each concurrency level runs a bounded number of streamed
 requests against each application in turn (base, mon, then again, so that drifting machine load
-hits both alike); a warm-up request per application is not counted. ``--variants every4,sparse``
-adds columns for cheaper monitors (score every 4th token; a sparse projection). The monitor is a realistic
+hits both alike); a warm-up request per application is not counted. ``--variants every4,sparse,folded``
+adds columns for cheaper monitors (score every 4th token; a sparse projection; a logistic probe, which
+the monitor scores folded: one dot product with the unprojected read-out). The monitor is a realistic
 default: kv-elu-S/n-hn on the upper 3 layers with the study's 2048-d projection and a Mahalanobis
 detector (fitted on seeded noise of the right dimension: the cost does not depend on what it learned).
 
@@ -44,14 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--variants", default="", help="extra monitor columns: every4 (score every 4th token), "
-                   "sparse (sparse JL projection instead of the dense one), comma-separated")
+                   "sparse (sparse JL projection instead of the dense one), folded (a logistic probe, scored "
+                   "folded), comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     return p.parse_args(argv)
 
 
-def make_monitor(model: str, folder: Path, seed: int, projection: str = "gaussian") -> str:
-    """A monitor folder for ``model``: the study's default kv read-out and a Mahalanobis detector."""
+def make_monitor(model: str, folder: Path, seed: int, projection: str = "gaussian", detector: str = "mahalanobis") -> str:
+    """A monitor folder for ``model``: the study's default kv read-out and ``detector`` (fitted on seeded noise)."""
     from kvstate.capture import select_layers
     from kvstate.detect import get_detector
     from kvstate.models import load_model
@@ -65,9 +67,11 @@ def make_monitor(model: str, folder: Path, seed: int, projection: str = "gaussia
     mon = Monitor(lm, spec)
     mon.generate([PROMPTS[0]], max_new_tokens=1)
     dim = mon.features().shape[1]
-    det = get_detector("mahalanobis").fit(np.random.default_rng(seed).normal(size=(2 * dim, dim)))
+    rng = np.random.default_rng(seed)
+    det = get_detector(detector)
+    det = det.fit(rng.normal(size=(2 * dim, dim)), rng.integers(0, 2, 2 * dim) if det.supervised else None)
     save_monitor(folder, spec, det)
-    return f"{spec.representation} layers {list(layers)} ({dim}-d, {projection} projection), mahalanobis"
+    return f"{spec.representation} layers {list(layers)} ({dim}-d, {projection} projection), {detector}"
 
 
 def one_stream(client, model: str, prompt: str, max_tokens: int) -> dict:
@@ -116,20 +120,24 @@ def main(argv=None) -> dict:
 
     levels = [int(c) for c in args.concurrency.split(",")]
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - {"every4", "sparse"}
+    unknown = set(variants) - {"every4", "sparse", "folded"}
     if unknown:
-        raise SystemExit(f"unknown --variants {sorted(unknown)}; use every4, sparse")
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; use every4, sparse, folded")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         monitors = {"gaussian": make_monitor(args.model, Path(tmp) / "gaussian", args.seed)}
         if "sparse" in variants:
             monitors["sparse"] = make_monitor(args.model, Path(tmp) / "sparse", args.seed, "sparse")
+        if "folded" in variants:
+            monitors["logistic"] = make_monitor(args.model, Path(tmp) / "logistic", args.seed, detector="logistic")
         # mode -> (monitor folder, monitor on, every)
         modes = {"base": ("gaussian", False, 1), "mon": ("gaussian", True, 1)}
         if "every4" in variants:
             modes["mon-every4"] = ("gaussian", True, 4)
         if "sparse" in variants:
             modes["mon-sparse"] = ("sparse", True, 1)
+        if "folded" in variants:
+            modes["mon-folded"] = ("logistic", True, 1)
         ray.init(num_cpus=2 + len(modes), include_dashboard=False, log_to_driver=False)
         try:
             with socket.socket() as s:

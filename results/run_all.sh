@@ -23,7 +23,7 @@ case "${1:-all}" in
     keep "transfer-$m" ;;
   request-*)  # deception for the qwens, which never give in to deception-pressure (results/configs/deception-request.toml)
     m="${1#request-}"
-    .venv/bin/kvstate study -c results/configs/deception-request.toml --models "$m" --limit 160 --dtype bfloat16 -o "runs/results/request-$m"
+    .venv/bin/kvstate study -c results/configs/deception-request.toml --models "$m" --limit 490 --dtype bfloat16 -o "runs/results/request-$m"
     keep "request-$m" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac
