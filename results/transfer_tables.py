@@ -41,8 +41,10 @@ def _model(folder: Path) -> str:
 
 
 def main(folders: list[Path]) -> None:
-    found = sorted(((_model(f), json.loads((f / "results.json").read_text())) for f in folders
-                    if (f / "results.json").exists()), key=lambda mr: mr[0])
+    # by model, each model's transfer study before its deception-request study
+    folders = sorted((f for f in folders if (f / "results.json").exists()),
+                     key=lambda f: (_model(f), f.name.startswith("request-")))
+    found = [(_model(f), json.loads((f / "results.json").read_text())) for f in folders]
     print("Held-out transfer (train on one suite, test on another dataset of the same task; threshold at 1% FPR on "
           "benign-chat prompts; choice of representation and detector on the training suite only).")
     print()
