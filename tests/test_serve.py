@@ -161,6 +161,32 @@ def test_engine_scores_every_nth_token_and_equals_the_solo_monitor(folders):
         check_prompt(lm, [{"role": "user", "content": "a" * 300}], None, 64)
 
 
+def test_engine_reuses_a_live_monitor_and_builds_its_fold_once(folders, monkeypatch):
+    import kvstate.monitor.live as live_mod
+    from kvstate.serve import check_prompt, run_batch
+
+    lm, spec, det = folders["lm"], folders["spec"], folders["det"]
+    calls = []
+    real = live_mod.affine_form
+    monkeypatch.setattr(live_mod, "affine_form", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = [{"role": "user", "content": PROMPTS[0]}]
+    n, b = check_prompt(lm, m, 4, 64)
+    reqs = [{"messages": m, "max_tokens": b, "prompt_tokens": n}]
+
+    def events(**kw):
+        out = [[]]
+        run_batch(lm, spec, det, reqs, lambda per: out[0].extend(per[0]), **kw)
+        return [e.get("score") for e in out[0] if e["type"] == "token"]
+
+    fresh = [events(), events()]
+    assert len(calls) == 2  # a new monitor per batch checks the detector again
+    live = Monitor(lm, spec, det)
+    reused = [events(live=live), events(live=live)]
+    assert len(calls) == 3 and reused == fresh  # once for the live monitor, same scores
+    with pytest.raises(ValueError, match="another detector or every"):
+        events(live=live, every=2)
+
+
 def test_streamed_text_waits_for_a_whole_utf8_character():
     from kvstate.serve import RowState
 

@@ -65,7 +65,7 @@ class MonitorModel:
         import torch
 
         from ..models import load_model
-        from ..monitor import load_monitor
+        from ..monitor import Monitor, load_monitor
 
         if threads:
             torch.set_num_threads(threads)
@@ -73,6 +73,8 @@ class MonitorModel:
         self.lm = load_model(model or self.spec.model or "smollm2-135m")
         self.stop = bool(stop and self.spec.threshold is not None and monitor)
         self.monitor, self.default_max_tokens, self.every = monitor, default_max_tokens, every
+        # one monitor per replica: its fold (or non-affine check) is built at the first batch, not at every one
+        self._live = Monitor(self.lm, self.spec, self.detector, every=every, stop=self.stop) if monitor else None
         self._batched.set_max_batch_size(max_batch_size)
         self._batched.set_batch_wait_timeout_s(batch_wait_s)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvstate-generate")
@@ -107,7 +109,7 @@ class MonitorModel:
         def work() -> None:
             try:
                 run_batch(self.lm, self.spec, self.detector, reqs, emit, stop=self.stop, monitor=self.monitor,
-                          every=self.every)
+                          every=self.every, live=self._live)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _END)
 

@@ -151,7 +151,7 @@ def _plain_generate(lm: LoadedModel, prompts: Sequence[list[dict]], max_new_toke
 
 
 def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[dict], emit: Emit, *,
-              stop: bool = False, monitor: bool = True, every: int = 1) -> None:
+              stop: bool = False, monitor: bool = True, every: int = 1, live: Monitor | None = None) -> None:
     """Generate a batch of requests together and ``emit`` each step's new events, per row.
 
     Parameters
@@ -169,6 +169,11 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
         False: plain greedy generation without the state, for a baseline (scores are None).
     every : int
         Score every n-th token (the state is still updated every token; other tokens' scores are None).
+    live : Monitor or None, default=None
+        A monitor to reuse across batches (a serving replica keeps one), so that what it builds once
+        per detector (the folded read-out, or the check that the detector is not affine: seconds on
+        a 2048-d state) is not rebuilt per batch. It must be built from ``spec`` and ``detector``
+        with this ``every`` and ``stop``; None builds a new one.
     """
     B = len(requests)
     eos = eos_ids(lm)
@@ -182,7 +187,11 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
     prompts = [r["messages"] for r in requests]
     longest = max(r["max_tokens"] for r in requests)
     if monitor:
-        Monitor(lm, spec, detector, every=every, stop=stop and thr is not None, on_step=on_step).generate(prompts, max_new_tokens=longest)
+        mon = live or Monitor(lm, spec, detector, every=every, stop=stop and thr is not None)
+        if mon.detector is not detector or mon.every != every:
+            raise ValueError("live monitor was built for another detector or every; build it from this spec and detector")
+        mon.on_step = on_step
+        mon.generate(prompts, max_new_tokens=longest)
     else:
         _plain_generate(lm, prompts, longest, on_step)
     emit([[] if row.ended else [row.end("length")] for row in rows])  # generation may end before a row's own limit
