@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py: the benchmarks' shared helpers
+
 PROMPTS = ["What is the capital of France?", "Write a haiku about autumn.", "Explain photosynthesis briefly.",
            "Give me three tips for sleeping better.", "What is 17 times 23?", "Name a famous painter and one painting.",
            "How do airplanes stay in the air?", "Translate 'good morning' into Spanish."]
@@ -53,23 +55,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_monitor(model: str, folder: Path, seed: int, projection: str = "gaussian", detector: str = "mahalanobis") -> str:
-    """A monitor folder for ``model``: the study's default kv read-out and ``detector`` (fitted on seeded noise)."""
+    """A monitor folder for ``model``: the study's default kv read-out and ``detector`` (fitted on seeded noise
+    of the spec's width by :func:`run.monitor_detector`, as in the in-process monitor benchmarks)."""
+    from run import monitor_detector
+
     from kvstate.capture import select_layers
-    from kvstate.detect import get_detector
     from kvstate.models import load_model
-    from kvstate.monitor import Monitor, MonitorSpec, save_monitor
+    from kvstate.monitor import MonitorSpec, save_monitor
     from kvstate.representations import RepresentationSettings
 
     lm = load_model(model)
     layers = select_layers("upper3", lm.num_layers)
     spec = MonitorSpec("kv-elu-S/n-hn", list(layers), {"name": "elu"}, RepresentationSettings(layers=tuple(layers), projection=projection).to_dict(),
                        model=lm.name)
-    mon = Monitor(lm, spec)
-    mon.generate([PROMPTS[0]], max_new_tokens=1)
-    dim = mon.features().shape[1]
-    rng = np.random.default_rng(seed)
-    det = get_detector(detector)
-    det = det.fit(rng.normal(size=(2 * dim, dim)), rng.integers(0, 2, 2 * dim) if det.supervised else None)
+    det, dim = monitor_detector(lm, spec, detector, seed=seed)
     save_monitor(folder, spec, det)
     return f"{spec.representation} layers {list(layers)} ({dim}-d, {projection} projection), {detector}"
 
