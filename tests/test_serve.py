@@ -183,7 +183,7 @@ def test_engine_reuses_a_live_monitor_and_builds_its_fold_once(folders, monkeypa
     live = Monitor(lm, spec, det)
     reused = [events(live=live), events(live=live)]
     assert len(calls) == 3 and reused == fresh  # once for the live monitor, same scores
-    with pytest.raises(ValueError, match="another detector or every"):
+    with pytest.raises(ValueError, match="another detector, every or stop"):
         events(live=live, every=2)
 
 

@@ -187,9 +187,11 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
     prompts = [r["messages"] for r in requests]
     longest = max(r["max_tokens"] for r in requests)
     if monitor:
-        mon = live or Monitor(lm, spec, detector, every=every, stop=stop and thr is not None)
-        if mon.detector is not detector or mon.every != every:
-            raise ValueError("live monitor was built for another detector or every; build it from this spec and detector")
+        halts = stop and thr is not None  # the monitor itself ends a flagged row's generation
+        mon = live or Monitor(lm, spec, detector, every=every, stop=halts)
+        if mon.detector is not detector or (mon.every, mon.stop) != (every, halts):
+            raise ValueError("live monitor was built for another detector, every or stop; build it from this spec, "
+                             "detector, every and stop")
         mon.on_step = on_step
         mon.generate(prompts, max_new_tokens=longest)
     else:
