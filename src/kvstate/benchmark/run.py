@@ -1,0 +1,250 @@
+"""The benchmark protocol, top to bottom:
+
+1. :func:`~kvstate.benchmark.tasks.prepare_task`: sources split into roles, near-duplicates
+   reported and dropped (no model yet);
+2. :func:`capture`: one forward pass per item into a (model, source) store (resumable; stored once,
+   evaluated many times);
+3. :func:`select`: every (representation, detector) scored by leave-one-source-out CV on the
+   training sources, same-source CV beside it; each family's best LOSO choice;
+4. :func:`evaluate_choices`: each choice fitted on all training sources, its threshold set at
+   ``fpr`` on the calibration set's benign items, then scored on every test benchmark (AUROC with
+   a grouped CI, TPR, realised FPR, unsafe-class F1), and the KV state compared with the
+   activations on the same items, paired (:func:`kvstate.evaluate.paired.paired_auroc`).
+
+Test labels enter step 4 only; no choice reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import read_json, write_json
+from ..capture import as_prompt, encode, select_layers
+from ..data import Item
+from ..data.dedup import overlap_report
+from ..detect import make_detector, threshold_for_fpr
+from ..evaluate import auroc_ci, fit_clone, metrics
+from ..evaluate.loso import loso_auroc, same_source_auroc
+from ..evaluate.paired import f1_at, paired_auroc
+from ..models import LoadedModel, load_model
+from ..representations import family
+from ..store import Store, item_content, safe_name, store_settings
+from ..store.chunks import capture_chunk, item_record
+from .config import BenchmarkConfig
+from .tasks import TaskData, TaskSpec, prepare_task
+
+__all__ = ["Features", "capture", "evaluate_choices", "run_benchmark", "select"]
+
+FAMILIES = ("kv-state", "activation", "control")
+
+
+@dataclass
+class Features:
+    """One role's stored vectors: ``X[name]`` (n_items, dim) in the order of ``items``."""
+
+    items: list[Item]
+    X: dict[str, np.ndarray]
+    n_tokens: np.ndarray
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([it.label for it in self.items], dtype=int)
+
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([it.source for it in self.items])
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([it.group for it in self.items])
+
+    def subset(self, keep: np.ndarray) -> "Features":
+        idx = np.flatnonzero(keep)
+        return Features([self.items[i] for i in idx], {k: v[idx] for k, v in self.X.items()}, self.n_tokens[idx])
+
+
+def _fits(lm: LoadedModel, items: list[Item], max_tokens: int) -> list[Item]:
+    return [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
+
+
+def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path) -> tuple[dict[str, Features], dict[str, int]]:
+    """Every role's items through one forward pass each, into ``out/store/<model>/<source>``; returns
+    the features per role and how many items per source were too long (dropped, counted)."""
+    layers = tuple(select_layers(cfg.layers, lm.model.config.num_hidden_layers))
+    settings = cfg.settings(layers)
+    wanted = set(cfg.representations)
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    lengths: dict[str, int] = {}
+    too_long: dict[str, int] = {}
+    by_source: dict[str, list[Item]] = {}
+    for role_items in data.parts.values():
+        for it in role_items:
+            by_source.setdefault(it.source, []).append(it)
+    for source, items in sorted(by_source.items()):
+        fitting = _fits(lm, items, cfg.max_tokens)
+        if len(fitting) < len(items):
+            too_long[source] = len(items) - len(fitting)
+        store = Store.open(out / "store" / safe_name(lm.name) / safe_name(source), store_settings(lm.name, lm.dtype, settings))
+        keys = [store.key(lm.name, it.id, item_content(it)) for it in fitting]
+        todo = store.missing(keys)
+        by_key = dict(zip(keys, fitting))
+        t0 = time.time()
+        for s in range(0, len(todo), cfg.chunk):
+            part = todo[s : s + cfg.chunk]
+            r, arrays = capture_chunk(lm, [item_record(k, by_key[k]) for k in part], settings,
+                                      batch_size=cfg.batch_size, reads=("end",))
+            store.put(r, arrays)
+        if todo:
+            print(f"  {lm.name} {source}: {len(todo)} items in {time.time() - t0:.0f} s", flush=True)
+        index, arrays = store.load(keys=keys)
+        names = [n for n in arrays if n in wanted]
+        for i, it in enumerate(fitting):
+            rows[it.id] = {n: arrays[n][i] for n in names}
+            lengths[it.id] = int(index["n_tokens"].iloc[i])
+    feats = {}
+    for role, items in data.parts.items():
+        kept = [it for it in items if it.id in rows]
+        names = sorted(set.intersection(*(set(rows[it.id]) for it in kept))) if kept else []
+        feats[role] = Features(kept, {n: np.stack([rows[it.id][n] for it in kept]).astype(np.float32) for n in names},
+                               np.array([lengths[it.id] for it in kept], dtype=float))
+    return feats, too_long
+
+
+def _detector(name: str, dim: int, cfg: BenchmarkConfig):
+    return make_detector(name, dim, reduce_above=cfg.reduce_above, seed=cfg.seed)
+
+
+def select(train: Features, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
+    """One row per (representation, detector): LOSO AUROC (mean and worst fold) and same-source
+    grouped CV AUROC on the training sources, sorted best LOSO first."""
+    rows = []
+    for rep in cfg.representations:
+        if rep not in train.X or not np.ptp(train.X[rep], axis=0).any():
+            continue
+        X = train.X[rep]
+        for det_name in cfg.detectors:
+            det = _detector(det_name, X.shape[1], cfg)
+            lo = loso_auroc(X, train.y, train.sources, det)
+            same = same_source_auroc(X, train.y, train.groups, det, n_splits=cfg.n_splits, seed=cfg.seed)
+            rows.append({"representation": rep, "detector": det_name, "family": family(rep), "loso_auroc": lo["auroc"],
+                         "loso_worst": lo["worst"], "loso_folds": lo["folds"], "same_source_auroc": same})
+    return sorted(rows, key=lambda r: (-r["loso_auroc"], r["representation"], r["detector"]))
+
+
+def choices(table: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each family's best row by LOSO AUROC (ties: the name order of :func:`select`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in table:
+        out.setdefault(row["family"], row)
+    return out
+
+
+def _test_row(y, s, groups, thr, cfg: BenchmarkConfig) -> dict[str, Any]:
+    auc, ci = auroc_ci(y, s, n_boot=cfg.n_boot, seed=cfg.seed, groups=groups)
+    return {"auroc": auc, "auroc_ci": ci, "tpr": float((s[y == 1] > thr).mean()), "fpr_realised": float((s[y == 0] > thr).mean()),
+            "f1": f1_at(y, s, thr), "tpr_at_1fpr_oracle": metrics(y, s)["tpr_at_1fpr"]}
+
+
+def evaluate_choices(feats: dict[str, Features], chosen: dict[str, dict], task: TaskSpec, cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Each family's choice fitted on all training items, thresholded on the calibration set's
+    benign items, scored on each test benchmark; the KV state vs the activations paired per test."""
+    train, calib = feats["train"], feats["calibration"]
+    benign = calib.subset(calib.y == 0)
+    fitted = {}
+    for fam, row in chosen.items():
+        rep = row["representation"]
+        est = fit_clone(_detector(row["detector"], train.X[rep].shape[1], cfg), train.X[rep], train.y)
+        cal = np.asarray(est.decision_function(benign.X[rep]), dtype=float)
+        fitted[fam] = (est, rep, threshold_for_fpr(cal, cfg.fpr))
+    tests = {}
+    for t in task.tests:
+        test = feats["test"].subset(np.isin(feats["test"].sources, t.sources))
+        y = test.y
+        if test.X == {} or np.unique(y).size < 2:
+            tests[t.name] = {"note": f"not evaluated: {len(y)} items, labels {sorted(set(y.tolist()))}"}
+            continue
+        scores = {fam: np.asarray(est.decision_function(test.X[rep]), dtype=float) for fam, (est, rep, _) in fitted.items()}
+        block: dict[str, Any] = {"n": int(y.size), "n_positive": int(y.sum()), "sources": list(t.sources), "anchor": t.anchor,
+                                 "length_auroc": metrics(y, test.n_tokens)["auroc"],
+                                 "families": {fam: {"representation": fitted[fam][1], "detector": chosen[fam]["detector"],
+                                                    "threshold": fitted[fam][2],
+                                                    **_test_row(y, scores[fam], test.groups, fitted[fam][2], cfg)}
+                                              for fam in fitted}}
+        if "kv-state" in scores and "activation" in scores:
+            block["paired"] = paired_auroc(y, scores["kv-state"], scores["activation"], groups=test.groups,
+                                           n_boot=cfg.n_boot, seed=cfg.seed)
+        tests[t.name] = block
+    return {"tests": tests, "calibration": {"n": int(benign.y.size), "sources": sorted(set(benign.sources.tolist()))}}
+
+
+def run_model(model: str, data: TaskData, cfg: BenchmarkConfig, out: Path) -> dict[str, Any]:
+    """Steps 2-4 for one model."""
+    t0 = time.time()
+    lm = load_model(model, dtype=cfg.dtype)
+    feats, too_long = capture(lm, data, cfg, out)
+    table = select(feats["train"], cfg)
+    if not table:
+        raise ValueError(f"{model}: no representation in {cfg.representations} was recorded with variation")
+    chosen = choices(table)
+    result = evaluate_choices(feats, chosen, data.task, cfg)
+    return {"model": lm.name, "layers": list(select_layers(cfg.layers, lm.model.config.num_hidden_layers)),
+            "n": {role: len(f.items) for role, f in feats.items()}, "too_long": too_long,
+            "train_sources": sorted(set(feats["train"].sources.tolist())),
+            "selection": [{k: v for k, v in r.items()} for r in table], "chosen": {f: (r["representation"], r["detector"])
+                                                                                 for f, r in chosen.items()},
+            **result, "seconds": round(time.time() - t0, 1)}
+
+
+def duplicates_report(data: TaskData) -> dict[str, Any]:
+    """Which pairs of sources (and roles) overlap, and how many calibration / test items were dropped."""
+    return {"threshold_jaccard": None, "pairs_by_source": overlap_report(data.duplicates).to_dict("records"), "dropped": data.dropped,
+            "sizes": {role: len(items) for role, items in data.parts.items()}}
+
+
+def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict[str, Any]:
+    """Run ``task`` for every model of ``cfg`` into ``out/results.json`` (one model at a time; a
+    model already in the results is kept, so an interrupted run resumes)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = read_json(path) if path.exists() else {}
+    if results and results.get("task", {}).get("name") != task.name:
+        raise ValueError(f"{path} holds task {results['task'].get('name')!r}, not {task.name!r}; use another -o")
+    data = prepare_task(task, seed=cfg.seed, threshold=cfg.duplicate_threshold)
+    if cfg.max_per_source is not None:
+        data = _capped(data, cfg.max_per_source)
+    dup = duplicates_report(data)
+    dup["threshold_jaccard"] = cfg.duplicate_threshold
+    results.update(task={"name": task.name, "description": task.description,
+                         "sources": [{"suite": s.suite, "roles": s.roles, "limit": s.limit} for s in task.sources],
+                         "tests": [{"name": t.name, "sources": list(t.sources), "anchor": t.anchor} for t in task.tests]},
+                   config=cfg.to_dict(), duplicates=dup)
+    results.setdefault("models", {})
+    write_json(path, results)
+    print(f"{task.name}: {dup['sizes']}; dropped as near-duplicates of training items: {dup['dropped'] or 'none'}", flush=True)
+    for model in cfg.models:
+        if model in results["models"]:
+            print(f"{model}: already in {path}", flush=True)
+            continue
+        results["models"][model] = run_model(model, data, cfg, out)
+        write_json(path, results)
+    return results
+
+
+def _capped(data: TaskData, k: int) -> TaskData:
+    parts = {}
+    for role, items in data.parts.items():
+        seen: dict[tuple[str, int], int] = {}
+        keep = []
+        for it in items:  # at most k per source and label
+            key = (it.source, it.label)
+            if seen.get(key, 0) < k:
+                seen[key] = seen.get(key, 0) + 1
+                keep.append(it)
+        parts[role] = keep
+    return TaskData(data.task, parts, data.duplicates, data.dropped)
