@@ -187,7 +187,10 @@ def _split(items: list[Item], spec: SourceSpec, seed: int) -> dict[str, list[Ite
 
 
 def request_text(it: Item) -> str:
-    """The text compared for duplicates: the last user turn (the request or statement itself)."""
+    """The text compared for duplicates: the teacher-forced reply when there is one (a statement
+    after "Tell me a fact."), else the last user turn (the request itself)."""
+    if it.response:
+        return it.response
     users = [m["content"] for m in it.messages if m["role"] == "user"]
     return users[-1] if users else it.text()
 
