@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Public benchmark files (kvstate.data.public) are read from KVSTATE_DATA, never committed: in
+# development and CI they sit in ../shared/benchmarks when that folder exists.
+ifneq ($(wildcard ../shared/benchmarks),)
+export KVSTATE_DATA ?= $(realpath ../shared/benchmarks)
+endif
 
 .PHONY: install lint demo test test-fast bench bench-full clean
 

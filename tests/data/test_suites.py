@@ -8,8 +8,9 @@ import pytest
 
 from kvstate.data import SUITES, list_suites, load_suite
 from kvstate.data.registry import suite_path
+from kvstate.data.suites.public import PUBLIC
 
-FAST = [n for n, s in SUITES.items() if not s.needs_bigbench]
+FAST = [n for n, s in SUITES.items() if not s.needs_bigbench and n not in PUBLIC]  # PUBLIC: test_public.py
 BIG = [n for n, s in SUITES.items() if s.needs_bigbench]
 slow = pytest.mark.slow(reason="downloads the 358 MB bigbench sdist once")
 

@@ -27,7 +27,7 @@ app.add_typer(models_app, name="models")
 def _mount_data() -> None:
     from ..data.cli import data_app
 
-    app.add_typer(data_app, name="data", help="Labelled prompt suites: list, show.")
+    app.add_typer(data_app, name="data", help="Labelled prompt suites: list, show, fetch.")
 
 
 _mount_data()

@@ -1,4 +1,5 @@
-"""``kvstate data``: list the built-in suites and show items of a suite or a user file.
+"""``kvstate data``: list the built-in suites, show items of a suite or a user file, and fetch
+the public benchmark files into the data directory.
 
 Dataset text (jailbreaks in particular) is adversarial, so it is always printed with rich markup
 escaped and truncated.
@@ -14,10 +15,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from .confounds import confounds
-from .registry import _cached, list_suites, load_suite, suite_path
+from .public import data_dir, fetch, present
+from .registry import SUITES, _cached, list_suites, load_suite, suite_path
 
 data_app = typer.Typer(help="Labelled prompt suites.", no_args_is_help=True)
 MAX_CHARS = 400
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message.strip().splitlines()[0])}")
+    raise typer.Exit(2)
 
 
 def _clip(text: str, n: int = MAX_CHARS) -> str:
@@ -77,7 +84,44 @@ def list_cmd(build: bool = typer.Option(True, help="Build suites not yet cached 
                 st = _cached_stats(row["name"], seed)
             cells += _stats_cells(st) if st else [""] * 5
         table.add_row(*cells, escape(", ".join(row["sources"])), escape(row["description"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    _public_table(console)
+
+
+def _public_table(console: Console) -> None:
+    """The data directory and, per public suite, whether its files are there."""
+    console.print(f"data directory (KVSTATE_DATA): {escape(str(data_dir()))}")
+    table = Table("public suite", "files", "present")
+    for name, spec in SUITES.items():
+        if spec.files:
+            missing = [f for f in spec.files if not present(f)]
+            table.add_row(escape(name), escape(", ".join(spec.files)),
+                          "yes" if not missing else f"[red]missing {len(missing)}[/red] (kvstate data fetch {escape(name)})")
+    console.print(table)
+
+
+@data_app.command("fetch")
+def fetch_cmd(names: list[str] = typer.Argument(..., help="Public suite names (see `kvstate data list`).")) -> None:
+    """Download public suites' files into the data directory, each checked against its pinned sha256.
+
+    Files come from raw.githubusercontent.com at pinned commits. Offline, copy them by hand into
+    the data directory (KVSTATE_DATA, shown by `kvstate data list`) with the same layout.
+
+    Example: kvstate data fetch xstest got-cities
+    """
+    public = [n for n, s in SUITES.items() if s.files]
+    files: list[str] = []
+    for name in names:
+        if name not in public:
+            _fail(f"{name!r} is not a public suite with data files; choose from {', '.join(public)}")
+        files += SUITES[name].files
+    try:
+        paths = fetch(dict.fromkeys(files))
+    except (ConnectionError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    for path in paths:
+        Console().print(f"ok {escape(str(path))}")
 
 
 @data_app.command("show")
@@ -92,8 +136,7 @@ def show_cmd(suite: str = typer.Argument(..., help="Suite name or .jsonl/.csv/.p
             raise ValueError(f"--n must be >= 0; got {n}")
         s = load_suite(suite, limit=limit, seed=seed)
     except ValueError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc).strip().splitlines()[0])}")
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     console.print(f"[bold]{escape(s.name)}[/bold]: {len(s)} items, labels {s.label_counts()}, "
                   f"train {len(s.split('train'))} / test {len(s.split('test'))}")
     console.print(escape(s.description))

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .._paths import cache_dir
-from . import byo
+from . import byo, hf
+from .public import FILES
 from .schema import Suite, assign_splits, cap, read_suite, write_suite
 from .suites import benign, deception, hallucination, jailbreak, jailbreak_pairs, multiturn, pressure, qa, seeds, sysprompt
+from .suites.public import PUBLIC
 
 CACHE_VERSION = 1  # bump when a builder changes what it produces
 
@@ -27,6 +29,7 @@ class Spec:
     sources: tuple[str, ...]
     build: Callable[[], Suite]
     needs_bigbench: bool = False  # a 358 MB sdist download on first use
+    files: tuple[str, ...] = ()  # data-directory files (kvstate.data.public), fetched by name
 
 
 def _load(name: str) -> Callable[[], Suite]:
@@ -83,6 +86,9 @@ SUITES: dict[str, Spec] = {s.name: s for s in (
     Spec("sysprompt-multiturn", "rules kept over 4-8 turns with the model's own history; "
          "violated (1) per turn", ("kvstate",), multiturn.build),
 )}
+SUITES.update({p.name: Spec(p.name, p.description,
+                            p.packages or tuple(sorted({f"github:{FILES[f].repo}" for f in p.files})),
+                            p.build, files=p.files) for p in PUBLIC.values()})
 
 
 def suite_path(name: str) -> Path:
@@ -103,7 +109,9 @@ def _cached(name: str) -> Suite:
 
 
 def load_suite(name_or_path: str | Path, *, limit: int | None = None, seed: int = 0) -> Suite:
-    """A built-in suite by name, or a user file (.jsonl/.json/.csv/.parquet), split under ``seed``.
+    """A built-in suite by name, a user file (.jsonl/.json/.csv/.parquet) or a Hugging Face
+    dataset (``hf:owner/name[:config][@split]?text=COL&label=COL``, see :mod:`kvstate.data.hf`),
+    split under ``seed``.
 
     ``limit`` caps the number of items with whole groups and both classes kept; which groups are
     kept, and which split each group lands in, are deterministic functions of ``seed``.
@@ -111,11 +119,13 @@ def load_suite(name_or_path: str | Path, *, limit: int | None = None, seed: int 
     key = str(name_or_path)
     if key in SUITES:
         suite = _cached(key)
+    elif key.startswith(hf.PREFIX):
+        suite = hf.load(key)
     elif byo.looks_like_file(key):
         suite = byo.load(key)
     else:
-        raise ValueError(f"unknown suite {key!r}; choose one of {', '.join(SUITES)} or pass a "
-                         ".jsonl/.csv/.parquet file")
+        raise ValueError(f"unknown suite {key!r}; choose one of {', '.join(SUITES)}, pass a "
+                         ".jsonl/.csv/.parquet file or hf:owner/name[:config][@split]?text=COL&label=COL")
     items = assign_splits(suite.items, seed)
     if limit is not None:
         if limit <= 0:
