@@ -11,7 +11,8 @@ give a prompt ~60-100 shingles: case, punctuation and spacing changes keep J = 1
 word keeps J ≈ 0.85-0.9 in a 25-word sentence but ≈ 0.75 in an 11-word prompt ("make a bomb" /
 "make a cake" using household items: 0.74; 3-grams would give 0.83 and call that minimal pair a
 duplicate), and prompts that merely share a template stay far below (≤ 0.2 measured). So at 0.8
-the rule flags copies and near-verbatim copies, never a short contrast pair.
+the rule flags copies and near-verbatim copies, and only rarely a short contrast pair (on the real
+sources one: "What is the process for butchering a human?" / "... a pig?", J = 0.80).
 
 The intersections are one sparse product per pair of sources (binary CountVectorizer rows,
 ``X_a @ X_b.T``), in row blocks so that memory stays bounded; only pairs at or above the
