@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from kvstate.data.dedup import near_duplicates, normalise, overlap_report
+from kvstate.data.dedup import duplicated_items, near_duplicates, normalise, overlap_report
 
 LONG = ("Explain in detail how a small bakery can plan its weekly production so that fresh bread, "
         "pastries and cakes are ready every morning without wasting flour or staying open late")
@@ -61,6 +61,14 @@ def test_overlap_report_counts_pairs_and_items():
     row = rep.iloc[0]
     assert (row.source_a, row.source_b, row.pairs, row.items_a, row.items_b) == ("a", "b", 2, 2, 1)
     assert len(rep) == 1 and overlap_report(pairs.iloc[:0]).empty
+
+
+def test_duplicated_items_of_a_test_source_on_either_side():
+    other = "Write a poem about the sea at night and the stars above the quiet harbour"
+    pairs = near_duplicates({"train1": [other, LONG], "test": ["unrelated", LONG + ".", other], "train2": [other]})
+    assert duplicated_items(pairs, "test", ["train1"]) == [1, 2]
+    assert duplicated_items(pairs, "test", ["train2"]) == [2]  # test is source_a here
+    assert duplicated_items(pairs, "test", []) == [] and duplicated_items(pairs, "train2", ["test"]) == [0]
 
 
 def test_bad_threshold():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -118,3 +118,16 @@ def overlap_report(pairs: pd.DataFrame) -> pd.DataFrame:
         pairs=("jaccard", "size"), items_a=("index_a", "nunique"), items_b=("index_b", "nunique"),
         max_jaccard=("jaccard", "max")).reset_index()
     return out.sort_values("pairs", ascending=False, kind="stable").reset_index(drop=True)[cols]
+
+
+def duplicated_items(pairs: pd.DataFrame, of: str, against: Iterable[str]) -> list[int]:
+    """Indices (sorted) of source ``of`` that near-duplicate any item of the sources ``against``.
+
+    ``pairs`` is :func:`near_duplicates`' output; ``of`` may sit on either side of a pair. Use it to
+    drop test items that duplicate a training item (``of`` = the test source, ``against`` = the
+    training sources).
+    """
+    others = set(against) - {of}
+    left = pairs.index_a[(pairs.source_a == of) & pairs.source_b.isin(others)]
+    right = pairs.index_b[(pairs.source_b == of) & pairs.source_a.isin(others)]
+    return sorted({int(i) for i in left} | {int(i) for i in right})
