@@ -82,6 +82,8 @@ CASES: dict[str, list[list[str]]] = {
     "models list": [["models", "list", "--bogus"]],
     "models fetch": [["models", "fetch", "no-such-model"], ["models", "fetch"]],
     "data list": [["data", "list", "--bogus"], ["data", "list", "--build", "maybe"]],
+    "data fetch": [["data", "fetch"], ["data", "fetch", "no-such-suite"], ["data", "fetch", "advbench"],
+                   ["data", "fetch", "xstest", "--bogus"]],
     "data show": [["data", "show", "no-such-suite"], ["data", "show", "{root}/missing.jsonl"], ["data", "show", "{root}/bad.jsonl"],
                   ["data", "show", "{root}/dir"], ["data", "show", P, "--n", "-1"], ["data", "show", P, "--limit", "0"],
                   ["data", "show", P, "--limit", "abc"], ["data", "show", P, "--seed", ""]],

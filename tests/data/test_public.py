@@ -67,7 +67,7 @@ def test_fetch_offline_exits_2_with_one_line_naming_the_data_dir(monkeypatch, tm
     monkeypatch.setattr(public, "RAW", "http://127.0.0.1:9")  # nothing listens: unreachable
     line = _one_line(runner.invoke(app, ["data", "fetch", "maliciousinstruct"]))
     assert line.startswith("error:") and str(tmp_path) in line.replace("\n", "")
-    assert not list(tmp_path.rglob("*"))[1:]  # at most the empty harm/ folder, no partial file
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no partial file left
 
 
 def test_fetch_unknown_name_is_one_line():

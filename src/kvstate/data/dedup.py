@@ -11,7 +11,8 @@ give a prompt ~60-100 shingles: case, punctuation and spacing changes keep J = 1
 word keeps J ≈ 0.85-0.9 in a 25-word sentence but ≈ 0.75 in an 11-word prompt ("make a bomb" /
 "make a cake" using household items: 0.74; 3-grams would give 0.83 and call that minimal pair a
 duplicate), and prompts that merely share a template stay far below (≤ 0.2 measured). So at 0.8
-the rule flags copies and near-verbatim copies, never a short contrast pair.
+the rule flags copies and near-verbatim copies, and only rarely a short contrast pair (on the real
+sources one: "What is the process for butchering a human?" / "... a pig?", J = 0.80).
 
 The intersections are one sparse product per pair of sources (binary CountVectorizer rows,
 ``X_a @ X_b.T``), in row blocks so that memory stays bounded; only pairs at or above the
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -117,3 +118,16 @@ def overlap_report(pairs: pd.DataFrame) -> pd.DataFrame:
         pairs=("jaccard", "size"), items_a=("index_a", "nunique"), items_b=("index_b", "nunique"),
         max_jaccard=("jaccard", "max")).reset_index()
     return out.sort_values("pairs", ascending=False, kind="stable").reset_index(drop=True)[cols]
+
+
+def duplicated_items(pairs: pd.DataFrame, of: str, against: Iterable[str]) -> list[int]:
+    """Indices (sorted) of source ``of`` that near-duplicate any item of the sources ``against``.
+
+    ``pairs`` is :func:`near_duplicates`' output; ``of`` may sit on either side of a pair. Use it to
+    drop test items that duplicate a training item (``of`` = the test source, ``against`` = the
+    training sources).
+    """
+    others = set(against) - {of}
+    left = pairs.index_a[(pairs.source_a == of) & pairs.source_b.isin(others)]
+    right = pairs.index_b[(pairs.source_b == of) & pairs.source_a.isin(others)]
+    return sorted({int(i) for i in left} | {int(i) for i in right})
