@@ -25,5 +25,12 @@ case "${1:-all}" in
     m="${1#request-}"
     .venv/bin/kvstate study -c results/configs/deception-request.toml --models "$m" --limit 490 --dtype bfloat16 -o "runs/results/request-$m"
     keep "request-$m" ;;
+  bench-*)  # round 3: public benchmarks, leave-one-source-out, paired verdicts (kvstate benchmark; KVSTATE_DATA=../shared/benchmarks)
+    rest="${1#bench-}"; task="${rest%%:*}"; m="${rest#*:}"   # bench-<task>:<model>
+    cap=(--max-per-source 300); [ "$m" = qwen2.5-0.5b ] && cap=(--max-per-source 150); [ "$m" = qwen2.5-1.5b ] && cap=(--max-per-source 80)
+    export KVSTATE_DATA="${KVSTATE_DATA:-$(cd .. && pwd)/shared/benchmarks}"
+    .venv/bin/kvstate benchmark run -t "$task" -m "$m" "${cap[@]}" -o "runs/results/bench-$task-$m"
+    mkdir -p "results/bench-$task-$m"
+    cp runs/results/bench-"$task-$m"/{results.json,benchmark.md,benchmark.png} "results/bench-$task-$m/" ;;
   all) for m in smollm2-135m gemma3-270m qwen2.5-0.5b qwen2.5-1.5b; do "$0" "$m"; done ;;
 esac

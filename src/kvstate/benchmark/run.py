@@ -36,7 +36,7 @@ from ..representations import family
 from ..store import Store, item_content, safe_name, store_settings
 from ..store.chunks import capture_chunk, item_record
 from .config import BenchmarkConfig
-from .tasks import TaskData, TaskSpec, prepare_task
+from .tasks import TaskData, TaskSpec, _unit, prepare_task
 
 __all__ = ["Features", "capture", "evaluate_choices", "run_benchmark", "select"]
 
@@ -217,7 +217,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict
         raise ValueError(f"{path} holds task {results['task'].get('name')!r}, not {task.name!r}; use another -o")
     data = prepare_task(task, seed=cfg.seed, threshold=cfg.duplicate_threshold)
     if cfg.max_per_source is not None:
-        data = _capped(data, cfg.max_per_source)
+        data = _capped(data, cfg.max_per_source, cfg.seed)
     dup = duplicates_report(data)
     dup["threshold_jaccard"] = cfg.duplicate_threshold
     results.update(task={"name": task.name, "description": task.description,
@@ -236,15 +236,17 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict
     return results
 
 
-def _capped(data: TaskData, k: int) -> TaskData:
+def _capped(data: TaskData, k: int, seed: int) -> TaskData:
+    """At most ``k`` items per source, role and label, whole groups in seeded hash order (not file order)."""
     parts = {}
     for role, items in data.parts.items():
         seen: dict[tuple[str, int], int] = {}
         keep = []
-        for it in items:  # at most k per source and label
+        for it in sorted(items, key=lambda it: (_unit(seed, it.group), it.id)):
             key = (it.source, it.label)
             if seen.get(key, 0) < k:
                 seen[key] = seen.get(key, 0) + 1
                 keep.append(it)
-        parts[role] = keep
+        pos = {it.id: i for i, it in enumerate(items)}
+        parts[role] = sorted(keep, key=lambda it: pos[it.id])
     return TaskData(data.task, parts, data.duplicates, data.dropped)
