@@ -116,3 +116,26 @@ def test_cli_run_writes_the_table_and_refuses_bad_settings(tmp_path, folder):
     bad = CliRunner().invoke(app, ["benchmark", "run", "-t", "nope", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown task" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_fit_task_writes_a_folder_that_scores_the_same_numbers(tmp_path, folder):
+    from kvstate import Detector, load_model
+    from kvstate.benchmark import fit_task, task_data
+
+    task = _task(tmp_path)
+    cfg = _cfg(folder)
+    det = fit_task(task, str(folder), cfg, tmp_path / "store")
+    det.save(tmp_path / "det")
+    loaded = Detector.load(tmp_path / "det")
+    assert loaded.training["selection"] == "leave-one-source-out" and loaded.training["task"] == "toy"
+    assert loaded.representation.endswith("@end") and loaded.threshold is not None
+    assert loaded.calibration["n"] == 12  # the task's calibration items, not benign-chat
+    items = task_data(task, cfg).parts["train"][:6]
+    lm = load_model(str(folder), dtype="float32")
+    fresh = loaded.score(lm, [{"messages": it.messages, "response": it.response} for it in items])
+    from kvstate.benchmark import TaskData, capture
+    from kvstate.deploy.folder import READS
+
+    feats, _ = capture(lm, TaskData(task, {"train": items}, None), cfg, tmp_path / "store", reads=READS)
+    stored = loaded.decision_function(feats["train"].X[loaded.representation.removesuffix("@end")])
+    np.testing.assert_allclose(fresh, stored, rtol=1e-5, atol=1e-6)  # the store's features are what scoring reads

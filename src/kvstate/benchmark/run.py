@@ -38,7 +38,7 @@ from ..store.chunks import capture_chunk, item_record
 from .config import BenchmarkConfig
 from .tasks import TaskData, TaskSpec, _unit, prepare_task
 
-__all__ = ["Features", "capture", "evaluate_choices", "run_benchmark", "select"]
+__all__ = ["Features", "capture", "choices", "evaluate_choices", "run_benchmark", "select", "task_data"]
 
 FAMILIES = ("kv-state", "activation", "control")
 
@@ -72,12 +72,16 @@ def _fits(lm: LoadedModel, items: list[Item], max_tokens: int) -> list[Item]:
     return [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
 
 
-def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path) -> tuple[dict[str, Features], dict[str, int]]:
+def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path,
+            reads: tuple[str, ...] = ("end",)) -> tuple[dict[str, Features], dict[str, int]]:
     """Every role's items through one forward pass each, into ``out/store/<model>/<source>``; returns
-    the features per role and how many items per source were too long (dropped, counted)."""
+    the features per role (keyed by the names of ``cfg.representations``, read at ``end``) and how
+    many items per source were too long (dropped, counted). ``reads`` as a detector folder's
+    (``("prompt_end", "end")``) stores names with read suffixes; the features are the same."""
     layers = tuple(select_layers(cfg.layers, lm.model.config.num_hidden_layers))
     settings = cfg.settings(layers)
-    wanted = set(cfg.representations)
+    suffix = "@end" if len(reads) > 1 else ""
+    wanted = {f"{r}{suffix}": r for r in cfg.representations}
     rows: dict[str, dict[str, np.ndarray]] = {}
     lengths: dict[str, int] = {}
     too_long: dict[str, int] = {}
@@ -97,14 +101,14 @@ def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path) ->
         for s in range(0, len(todo), cfg.chunk):
             part = todo[s : s + cfg.chunk]
             r, arrays = capture_chunk(lm, [item_record(k, by_key[k]) for k in part], settings,
-                                      batch_size=cfg.batch_size, reads=("end",))
+                                      batch_size=cfg.batch_size, reads=reads)
             store.put(r, arrays)
         if todo:
             print(f"  {lm.name} {source}: {len(todo)} items in {time.time() - t0:.0f} s", flush=True)
         index, arrays = store.load(keys=keys)
         names = [n for n in arrays if n in wanted]
         for i, it in enumerate(fitting):
-            rows[it.id] = {n: arrays[n][i] for n in names}
+            rows[it.id] = {wanted[n]: arrays[n][i] for n in names}
             lengths[it.id] = int(index["n_tokens"].iloc[i])
     feats = {}
     for role, items in data.parts.items():
@@ -206,6 +210,12 @@ def duplicates_report(data: TaskData) -> dict[str, Any]:
             "sizes": {role: len(items) for role, items in data.parts.items()}}
 
 
+def task_data(task: TaskSpec, cfg: BenchmarkConfig) -> TaskData:
+    """The task's items split into roles, duplicates dropped, capped at ``cfg.max_per_source``."""
+    data = prepare_task(task, seed=cfg.seed, threshold=cfg.duplicate_threshold)
+    return data if cfg.max_per_source is None else _capped(data, cfg.max_per_source, cfg.seed)
+
+
 def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict[str, Any]:
     """Run ``task`` for every model of ``cfg`` into ``out/results.json`` (one model at a time; a
     model already in the results is kept, so an interrupted run resumes)."""
@@ -215,9 +225,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict
     results = read_json(path) if path.exists() else {}
     if results and results.get("task", {}).get("name") != task.name:
         raise ValueError(f"{path} holds task {results['task'].get('name')!r}, not {task.name!r}; use another -o")
-    data = prepare_task(task, seed=cfg.seed, threshold=cfg.duplicate_threshold)
-    if cfg.max_per_source is not None:
-        data = _capped(data, cfg.max_per_source, cfg.seed)
+    data = task_data(task, cfg)
     dup = duplicates_report(data)
     dup["threshold_jaccard"] = cfg.duplicate_threshold
     results.update(task={"name": task.name, "description": task.description,
