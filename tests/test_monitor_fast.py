@@ -22,7 +22,7 @@ def _spec(lm, rep, max_dim, projection="gaussian", threshold=None):
     return MonitorSpec(rep, layers, {"name": "elu"}, settings.to_dict(), threshold=threshold)
 
 
-def _fitted(lm, spec, name):
+def _fitted(lm, spec, name, **params):
     """A detector fitted on the monitor's own features of a short generation, plus seeded noise around them."""
     mon = Monitor(lm, spec)
     mon.generate(PROMPTS, max_new_tokens=3)
@@ -32,8 +32,8 @@ def _fitted(lm, spec, name):
     X = np.concatenate([base[i % len(base)] + rng.normal(scale=spread, size=(20, base.shape[1])) for i in range(2)])
     y = np.r_[np.zeros(20, int), np.ones(20, int)]
     X[y == 1] += spread  # a planted direction, so the probe has something to find
-    det = get_detector(name)
-    return det.fit(X, y) if name in ("logistic", "diffmean", "repe_pca") else det.fit(X)
+    det = get_detector(name, **params)
+    return det.fit(X, y) if det.supervised else det.fit(X)
 
 
 def _both(lm, spec, det, **kwargs):
@@ -65,6 +65,19 @@ def test_folded_scores_equal_dense_scores(name, rep, max_dim, projection):
         assert dense.features().shape[1] == D
     np.testing.assert_array_equal(res_f.sequences, res_d.sequences)
     assert np.isfinite(res_d.scores).all() and np.ptp(res_d.scores) > 0  # scores move with the state
+    _assert_same(res_f.scores, res_d.scores)
+
+
+@pytest.mark.parametrize(("name", "params"), [("lpm", {}), ("mlpm", {"n_blocks": 4}), ("softauc", {}),
+                                              ("stack", {"n_blocks": 4})])
+def test_issue31_readouts_fold_like_the_logistic_probe(name, params):
+    """The anchors' read-outs (issue #31) are affine: folded scores equal the dense detector's."""
+    lm = tiny_model("llama")
+    spec = _spec(lm, "kv-elu-S/n-hn", 64)
+    det = _fitted(lm, spec, name, **params)
+    folded, res_f, dense, res_d = _both(lm, spec, det)
+    assert folded.scoring == "folded" and dense.scoring == "dense"
+    assert np.isfinite(res_d.scores).all() and np.ptp(res_d.scores) > 0
     _assert_same(res_f.scores, res_d.scores)
 
 

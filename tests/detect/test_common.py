@@ -21,7 +21,7 @@ from kvstate.detect import (
     threshold_for_fpr,
 )
 
-SERIALISABLE = ["mahalanobis", "pca", "knn", "logistic", "diffmean", "repe_pca"]
+SERIALISABLE = ["mahalanobis", "pca", "knn", "logistic", "diffmean", "repe_pca", "lpm", "mlpm", "softauc", "stack"]
 
 
 @parametrize_with_checks([cls() for cls in DETECTORS.values()])
@@ -35,8 +35,10 @@ def test_all_exports_exist():
 
 
 def test_registry_names_and_supervision():
-    assert set(DETECTORS) == {"mahalanobis", "pca", "knn", "iforest", "lof", "logistic", "diffmean", "repe_pca"}
-    assert {n for n, c in DETECTORS.items() if c.supervised} == {"logistic", "diffmean", "repe_pca"}
+    assert set(DETECTORS) == {"mahalanobis", "pca", "knn", "iforest", "lof", "logistic", "diffmean", "repe_pca",
+                              "lpm", "mlpm", "softauc", "stack"}
+    assert {n for n, c in DETECTORS.items() if c.supervised} == {"logistic", "diffmean", "repe_pca", "lpm", "mlpm",
+                                                                 "softauc", "stack"}
     for name, cls in DETECTORS.items():
         assert cls.name == name
 

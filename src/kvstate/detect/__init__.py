@@ -12,7 +12,7 @@ Examples
 >>> get_detector("nope")
 Traceback (most recent call last):
 ...
-KeyError: "unknown detector 'nope'. Available: diffmean, iforest, knn, lof, logistic, mahalanobis, pca, repe_pca"
+KeyError: "unknown detector 'nope'. Available: diffmean, iforest, knn, lof, logistic, lpm, mahalanobis, mlpm, pca, repe_pca, softauc, stack"
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ from .iforest import IForestDetector
 from .knn import KNNDetector
 from .lof import LOFDetector
 from .logistic import LogisticDetector
+from .lpm import LPMDetector
 from .mahalanobis import MahalanobisDetector
+from .mlpm import MLPMDetector
 from .pca import PCADetector
 from .query_probe import QueryProbe, pack_states, probe_scores
 from .reduce import PCAReduce, RandomProjection, detector_pipeline, make_detector, make_reducer, reduce_if_wide
 from .registry import DETECTORS, detector_name, get_detector, is_supervised
 from .repe_pca import RepEPCADetector
 from .serialize import detector_from_dict, detector_to_dict, load_detector, save_detector
+from .softauc import SoftAUCDetector
+from .stack import StackDetector
 
 __all__ = [
     "BaseDetector",
@@ -39,12 +43,16 @@ __all__ = [
     "KNNDetector",
     "LOFDetector",
     "LogisticDetector",
+    "LPMDetector",
+    "MLPMDetector",
     "MahalanobisDetector",
     "PCAReduce",
     "RandomProjection",
     "PCADetector",
     "QueryProbe",
     "RepEPCADetector",
+    "SoftAUCDetector",
+    "StackDetector",
     "detector_from_dict",
     "detector_name",
     "detector_pipeline",

@@ -83,6 +83,8 @@ class BaseDetector(BaseEstimator):
     _components: ClassVar[dict[str, type] | None] = None
     #: fitted helpers not stored by ``save_detector``; ``_after_load`` rebuilds them.
     _rebuilt_on_load: ClassVar[tuple[str, ...]] = ()
+    #: keyword arguments ``fit`` passes on to ``_fit`` (e.g. ``groups`` for out-of-fold stages).
+    _fit_params: ClassVar[tuple[str, ...]] = ()
 
     _parameter_constraints: ClassVar[dict] = {
         "contamination": [Interval(Real, 0.0, 0.5, closed="right")],
@@ -108,14 +110,21 @@ class BaseDetector(BaseEstimator):
         """Rebuild non-serialised helpers after ``load_detector`` (e.g. a neighbour index)."""
 
     # ---------------------------------------------------------------- public API
-    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> BaseDetector:
-        """Standardise on X, fit the detector, score the training items. Returns self."""
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None, **fit_params: Any) -> BaseDetector:
+        """Standardise on X, fit the detector, score the training items. Returns self.
+
+        ``fit_params`` (e.g. ``groups``) are accepted only by detectors that list them in ``_fit_params``.
+        """
+        unknown = sorted(set(fit_params) - set(self._fit_params))
+        if unknown:
+            takes = ", ".join(self._fit_params) or "nothing beyond X and y"
+            raise TypeError(f"{type(self).__name__}.fit() got {', '.join(unknown)}; it takes {takes}")
         self._validate_params()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         y_checked = check_binary_y(y, X.shape[0]) if self.supervised else None
         self.scaler_ = StandardScaler().fit(X)
         Xs = self.scaler_.transform(X)
-        self._fit(Xs, y_checked)
+        self._fit(Xs, y_checked, **fit_params)
         self.decision_scores_ = np.asarray(self._training_scores(Xs), dtype=np.float64)
         self._process_decision_scores()
         return self

@@ -13,9 +13,13 @@ from .iforest import IForestDetector
 from .knn import KNNDetector
 from .lof import LOFDetector
 from .logistic import LogisticDetector
+from .lpm import LPMDetector
 from .mahalanobis import MahalanobisDetector
+from .mlpm import MLPMDetector
 from .pca import PCADetector
 from .repe_pca import RepEPCADetector
+from .softauc import SoftAUCDetector
+from .stack import StackDetector
 
 __all__ = ["DETECTORS", "detector_name", "get_detector", "is_supervised"]
 
@@ -28,6 +32,10 @@ _CLASSES: tuple[type[BaseDetector], ...] = (
     LogisticDetector,
     DiffMeanDetector,
     RepEPCADetector,
+    LPMDetector,
+    MLPMDetector,
+    SoftAUCDetector,
+    StackDetector,
 )
 
 #: name -> detector class (read-only).

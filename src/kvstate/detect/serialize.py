@@ -80,7 +80,7 @@ def _dump(obj: Any, label: str, prefix: str, arrays: dict[str, np.ndarray]) -> d
     if components is None:
         raise NotImplementedError(
             f"{type(obj).__name__} ({label!r}) does not support save/load; serialisable detectors: "
-            "mahalanobis, pca, knn, logistic, diffmean, repe_pca (optionally after a pca/rp reducer)"
+            "mahalanobis, pca, knn, logistic, diffmean, repe_pca, lpm, mlpm, softauc, stack (optionally after a pca/rp reducer)"
         )
     check_is_fitted(obj)
     skip = set(components) | set(getattr(obj, "_rebuilt_on_load", ()))
