@@ -139,3 +139,19 @@ def test_fit_task_writes_a_folder_that_scores_the_same_numbers(tmp_path, folder)
     feats, _ = capture(lm, TaskData(task, {"train": items}, None), cfg, tmp_path / "store", reads=READS)
     stored = loaded.decision_function(feats["train"].X[loaded.representation.removesuffix("@end")])
     np.testing.assert_allclose(fresh, stored, rtol=1e-5, atol=1e-6)  # the store's features are what scoring reads
+
+
+def test_sweep_scores_every_layer_and_all_layers_together_then_reevaluates_from_the_store(tmp_path, folder, capsys):
+    task = _task(tmp_path)
+    cfg = _cfg(folder, sweep=True, sweep_detectors=["lpm"], multilayer_detectors=["mlpm", "stack"])
+    res = run_benchmark(cfg, tmp_path / "out", task)
+    (m,) = res["models"].values()
+    reps = {(r["representation"], r["detector"]) for r in m["selection"]}
+    assert {("sweep-kv/0", "lpm"), ("sweep-kv/1", "lpm"), ("sweep-resid/1", "lpm"), ("sweep-kv/all", "mlpm"),
+            ("sweep-resid/all", "stack")} <= reps
+    capsys.readouterr()
+    res2 = run_benchmark(_cfg(folder, sweep=True, sweep_detectors=["diffmean"], multilayer_detectors=["mlpm"]), tmp_path / "out", task)
+    out = capsys.readouterr().out
+    assert "evaluated again" in out and "items in" not in out  # nothing captured again
+    (m2,) = res2["models"].values()
+    assert ("sweep-kv/0", "diffmean") in {(r["representation"], r["detector"]) for r in m2["selection"]}

@@ -35,6 +35,12 @@ class BenchmarkConfig:
         Layers whose states and activations are read (:func:`kvstate.capture.select_layers`).
     representations, detectors : list of str
         The candidates; each (representation, detector) gets a leave-one-source-out AUROC.
+    sweep : bool, default=False
+        Also record every layer (``sweep-kv/<L>``: the identity state S/n per head-normalised, and
+        ``sweep-resid/<L>``), each stored through a fixed seeded Gaussian projection above
+        ``max_dim`` = 2048 values (data-independent, so chosen on nothing). Candidates then include
+        each layer with ``sweep_detectors`` and all layers side by side (``sweep-kv/all``,
+        ``sweep-resid/all``) with ``multilayer_detectors`` (per-layer blocks).
     max_per_source : int or None
         Caps every source (after its own ``limit``): for quick runs and tests.
     fpr : float, default=0.01
@@ -48,6 +54,9 @@ class BenchmarkConfig:
     phis: list[str] = field(default_factory=lambda: ["identity", "elu"])
     representations: list[str] = field(default_factory=lambda: list(DEFAULT_REPRESENTATIONS))
     detectors: list[str] = field(default_factory=lambda: ["logistic", "diffmean", "mahalanobis"])
+    sweep: bool = False
+    sweep_detectors: list[str] = field(default_factory=lambda: ["lpm"])
+    multilayer_detectors: list[str] = field(default_factory=lambda: ["mlpm", "stack"])
     max_per_source: int | None = None
     duplicate_threshold: float = 0.8
     fpr: float = 0.01
@@ -60,7 +69,7 @@ class BenchmarkConfig:
     max_tokens: int = 512
 
     def __post_init__(self):  # every check before any model is loaded
-        unknown = sorted(set(self.detectors) - set(DETECTORS))
+        unknown = sorted(set(self.detectors + self.sweep_detectors + self.multilayer_detectors) - set(DETECTORS))
         if unknown:
             raise ValueError(f"unknown detectors {unknown}; available: {', '.join(sorted(DETECTORS))}")
         for name in ("models", "representations", "detectors", "phis"):
@@ -77,9 +86,9 @@ class BenchmarkConfig:
             raise ValueError(f"max_per_source must be >= 2 or left out; got {self.max_per_source}")
 
     def settings(self, layers: tuple[int, ...]) -> RepresentationSettings:
-        """What is recorded: the config's feature maps at ``layers``, no per-layer sweep."""
+        """What is recorded: the config's feature maps at ``layers`` (and every layer with ``sweep``)."""
         return RepresentationSettings(layers=layers, phis=tuple(self.phis), ablation_phis=tuple(self.phis[:2]),
-                                      sweep=False, seed=self.seed)
+                                      sweep=self.sweep, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ from .._io import read_json, write_json
 from ..capture import as_prompt, encode, select_layers
 from ..data import Item
 from ..data.dedup import overlap_report
-from ..detect import make_detector, threshold_for_fpr
+from ..detect import get_detector, make_detector, threshold_for_fpr
 from ..evaluate import auroc_ci, fit_clone, metrics
 from ..evaluate.loso import loso_auroc, same_source_auroc
 from ..evaluate.paired import f1_at, paired_auroc
@@ -82,6 +82,9 @@ def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path,
     settings = cfg.settings(layers)
     suffix = "@end" if len(reads) > 1 else ""
     wanted = {f"{r}{suffix}": r for r in cfg.representations}
+    if cfg.sweep:  # the sweep carries the last read only, without a suffix
+        wanted.update({f"sweep-{kind}/{layer}": f"sweep-{kind}/{layer}" for kind in ("kv", "resid")
+                       for layer in range(lm.model.config.num_hidden_layers)})
     rows: dict[str, dict[str, np.ndarray]] = {}
     lengths: dict[str, int] = {}
     too_long: dict[str, int] = {}
@@ -114,29 +117,50 @@ def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path,
     for role, items in data.parts.items():
         kept = [it for it in items if it.id in rows]
         names = sorted(set.intersection(*(set(rows[it.id]) for it in kept))) if kept else []
-        feats[role] = Features(kept, {n: np.stack([rows[it.id][n] for it in kept]).astype(np.float32) for n in names},
-                               np.array([lengths[it.id] for it in kept], dtype=float))
+        X = {n: np.stack([rows[it.id][n] for it in kept]).astype(np.float32) for n in names}
+        for kind in ("kv", "resid"):  # every layer side by side, in layer order: the multi-layer read-outs' blocks
+            blocks = sorted((int(n.rsplit("/", 1)[1]), n) for n in X if n.startswith(f"sweep-{kind}/"))
+            if blocks:
+                X[f"sweep-{kind}/all"] = np.hstack([X[n] for _, n in blocks])
+        feats[role] = Features(kept, X, np.array([lengths[it.id] for it in kept], dtype=float))
     return feats, too_long
 
 
-def _detector(name: str, dim: int, cfg: BenchmarkConfig):
-    return make_detector(name, dim, reduce_above=cfg.reduce_above, seed=cfg.seed)
+def _n_blocks(rep: str, X: dict[str, np.ndarray]) -> int:
+    kind = rep.split("/", 1)[0]
+    return sum(1 for n in X if n.startswith(f"{kind}/") and not n.endswith("/all"))
+
+
+def _detector(name: str, rep: str, X: dict[str, np.ndarray], cfg: BenchmarkConfig):
+    if rep.endswith("/all"):  # per-layer blocks: the multi-layer read-outs
+        return get_detector(name, n_blocks=_n_blocks(rep, X))
+    return make_detector(name, X[rep].shape[1], reduce_above=cfg.reduce_above, seed=cfg.seed)
+
+
+def candidates(X: dict[str, np.ndarray], cfg: BenchmarkConfig) -> list[tuple[str, str]]:
+    """(representation, detector) pairs to score: the configured ones, and with ``sweep`` each
+    layer with the sweep detectors and all layers with the multi-layer ones."""
+    out = [(r, d) for r in cfg.representations for d in cfg.detectors]
+    if cfg.sweep:
+        layers = sorted({int(n.rsplit("/", 1)[1]) for n in X if n.startswith("sweep-kv/") and not n.endswith("/all")})
+        out += [(f"sweep-{k}/{layer}", d) for k in ("kv", "resid") for layer in layers for d in cfg.sweep_detectors]
+        out += [(f"sweep-{k}/all", d) for k in ("kv", "resid") for d in cfg.multilayer_detectors]
+    return out
 
 
 def select(train: Features, cfg: BenchmarkConfig) -> list[dict[str, Any]]:
     """One row per (representation, detector): LOSO AUROC (mean and worst fold) and same-source
     grouped CV AUROC on the training sources, sorted best LOSO first."""
     rows = []
-    for rep in cfg.representations:
+    for rep, det_name in candidates(train.X, cfg):
         if rep not in train.X or not np.ptp(train.X[rep], axis=0).any():
             continue
         X = train.X[rep]
-        for det_name in cfg.detectors:
-            det = _detector(det_name, X.shape[1], cfg)
-            lo = loso_auroc(X, train.y, train.sources, det)
-            same = same_source_auroc(X, train.y, train.groups, det, n_splits=cfg.n_splits, seed=cfg.seed)
-            rows.append({"representation": rep, "detector": det_name, "family": family(rep), "loso_auroc": lo["auroc"],
-                         "loso_worst": lo["worst"], "loso_folds": lo["folds"], "same_source_auroc": same})
+        det = _detector(det_name, rep, train.X, cfg)
+        lo = loso_auroc(X, train.y, train.sources, det)
+        same = same_source_auroc(X, train.y, train.groups, det, n_splits=cfg.n_splits, seed=cfg.seed)
+        rows.append({"representation": rep, "detector": det_name, "family": family(rep), "loso_auroc": lo["auroc"],
+                     "loso_worst": lo["worst"], "loso_folds": lo["folds"], "same_source_auroc": same})
     return sorted(rows, key=lambda r: (-r["loso_auroc"], r["representation"], r["detector"]))
 
 
@@ -162,7 +186,7 @@ def evaluate_choices(feats: dict[str, Features], chosen: dict[str, dict], task: 
     fitted = {}
     for fam, row in chosen.items():
         rep = row["representation"]
-        est = fit_clone(_detector(row["detector"], train.X[rep].shape[1], cfg), train.X[rep], train.y)
+        est = fit_clone(_detector(row["detector"], rep, train.X, cfg), train.X[rep], train.y)
         cal = np.asarray(est.decision_function(benign.X[rep]), dtype=float)
         fitted[fam] = (est, rep, threshold_for_fpr(cal, cfg.fpr))
     tests = {}
@@ -231,8 +255,14 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict
     results.update(task={"name": task.name, "description": task.description,
                          "sources": [{"suite": s.suite, "roles": s.roles, "limit": s.limit} for s in task.sources],
                          "tests": [{"name": t.name, "sources": list(t.sources), "anchor": t.anchor} for t in task.tests]},
-                   config=cfg.to_dict(), duplicates=dup)
+                   duplicates=dup)
+    same = {k: v for k, v in cfg.to_dict().items() if k != "models"}
+    if results.get("config") is not None and {k: v for k, v in results["config"].items() if k != "models"} != same:
+        # other choices: evaluate again (the captures come from the store)
+        print(f"{path}: the settings changed; every model is evaluated again from its stored states", flush=True)
+        results["models"] = {}
     results.setdefault("models", {})
+    results["config"] = cfg.to_dict()
     write_json(path, results)
     print(f"{task.name}: {dup['sizes']}; dropped as near-duplicates of training items: {dup['dropped'] or 'none'}", flush=True)
     for model in cfg.models:
