@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "read_json", "to_jsonable", "write_json"]
+__all__ = ["atomic_dir", "atomic_write", "read_json", "to_jsonable", "write_json"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,6 +67,44 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
             tmp.unlink()
     if fsync:
         _fsync_dir(path.parent)
+    return path
+
+
+def atomic_dir(path: str | os.PathLike, write: Callable[[Path], None], *, keep_others: bool = True) -> Path:
+    """Build a folder whole beside ``path`` (``write`` fills the folder it is given), then swap it in.
+
+    A failed ``write`` (a full disk) leaves the old folder as it was and removes the new one; a crash
+    between the two renames of the swap leaves the old folder whole under a hidden name, never a
+    mixed one. With ``keep_others``, files of the old folder that ``write`` did not write are copied
+    over. Errors are raised as they come (``OSError`` for the disk).
+    """
+    import shutil
+
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if keep_others and path.is_dir():
+            for f in path.iterdir():
+                if not (tmp / f.name).exists() and not f.name.startswith("."):
+                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = temp_path(path) if path.exists() else None
+    if old is not None:
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

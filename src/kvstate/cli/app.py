@@ -50,14 +50,20 @@ def _invocation() -> str:
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(fmt: str = typer.Option("table", "--format", help="table, csv or json (one object per model)")) -> None:
     """List the named models, where they come from and whether they are cached."""
+    from ..data.cli import check_format, print_listing
     from ..models import list_models
 
+    check_format(fmt)
     table = Table("name", "arch", "L / Hq / Hkv / d", "source", "licence", "cached")
+    records = []
     for m in list_models():
-        table.add_row(m["name"], m["arch"], m["shape (L/Hq/Hkv/d)"], m["source"], m["licence"], "yes" if m["cached"] else "no")
-    console.print(table)
+        table.add_row(*(escape(str(m[k])) for k in ("name", "arch", "shape (L/Hq/Hkv/d)", "source", "licence")),
+                      "yes" if m["cached"] else "no")
+        records.append({"name": m["name"], "arch": m["arch"], "shape": m["shape (L/Hq/Hkv/d)"], "source": m["source"],
+                        "licence": m["licence"], "cached": bool(m["cached"]), "description": m["description"]})
+    print_listing(fmt, records, table)
 
 
 @models_app.command("fetch")

@@ -37,7 +37,7 @@ def fit_cmd(
     """
     import kvstate
 
-    from ..deploy import calibration_features, fit_from_study, fit_from_suite
+    from ..deploy import Detector, calibration_features, fit_from_study, fit_from_suite
 
     if not 0 < fpr < 1:
         fail(f"--fpr must be between 0 and 1; got {fpr}")
@@ -46,6 +46,10 @@ def fit_cmd(
     if study_dir is None and (representation is None or detector is None):
         fail("without --study, pass --representation and --detector (e.g. kv-elu-S/n-hn@end and logistic)")
     writable_path(out, folder=True)
+    try:
+        Detector.check_target(out)  # an existing detector folder is replaced whole; anything else is refused
+    except ValueError as e:
+        fail(_first_line(e))
     if study_dir is None:
         check_model(model)
     try:
@@ -79,8 +83,12 @@ def score_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="[the detector's model]"),
     batch_size: int = typer.Option(8, help="prompts per forward pass"),
     chunk: int = typer.Option(32, help="prompts per resumable chunk"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out that is not a kvstate scores file"),
 ) -> None:
     """Score a file with a detector folder: a score and a flag per row; AUROC and TPR when it has labels.
+
+    An existing --out is replaced only when kvstate wrote it (or with --force), never when it is the
+    input. Killed or failed, a re-run resumes from OUT.parts/ when the detector and the rows are the same.
 
     Examples:
 
@@ -106,12 +114,11 @@ def score_cmd(
         fail(_first_line(e))
     check_model(model or det.model)
     writable_path(out)
-    try:
-        lm = kvstate.load_model(model or det.model, dtype=det.dtype)
+    try:  # score_file checks the output, the lock and every row first; the model loads only when a chunk needs it
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task("scoring", total=None)
-            summary = score_file(detector, lm, source, out, chunk=chunk, batch_size=batch_size,
-                                 progress=lambda n: bar.advance(task, n))
+            summary = score_file(detector, lambda: kvstate.load_model(model or det.model, dtype=det.dtype), source, out,
+                                 chunk=chunk, batch_size=batch_size, progress=lambda n: bar.advance(task, n), force=force)
     except (ValueError, KeyError) as e:
         fail(_first_line(e))
     line = f"[green]scored[/] {summary['rows']} rows -> {out}"

@@ -2,12 +2,17 @@
 the public benchmark files into the data directory.
 
 Dataset text (jailbreaks in particular) is adversarial, so it is always printed with rich markup
-escaped and truncated.
+escaped and truncated in ``show``. Listings (``data list``, and ``models list`` through
+:func:`print_listing`) print as a table, CSV or JSON; a table is never truncated when stdout is not
+a terminal.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import sys
 
 import typer
 from rich.console import Console
@@ -20,6 +25,40 @@ from .registry import SUITES, _cached, list_suites, load_suite, suite_path
 
 data_app = typer.Typer(help="Labelled prompt suites.", no_args_is_help=True)
 MAX_CHARS = 400
+FORMATS = ("table", "csv", "json")
+
+
+def check_format(fmt: str) -> None:
+    """--format is one of :data:`FORMATS`: a one-line error otherwise."""
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+
+
+def _cell(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "; ".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+def print_listing(fmt: str, records: list[dict], table: Table) -> None:
+    """Print a listing as ``table`` (rich; at its full width when stdout is not a terminal, so a pipe
+    or a narrow terminal never truncates a cell), ``csv`` (the columns of ``records``) or ``json``
+    (a list: one object per row with every column, raw values, NaN as null)."""
+    from .._io import dumps
+
+    if fmt == "json":
+        typer.echo(dumps(records), nl=False)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in r.items()} for r in records)
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        piped = not sys.stdout.isatty()
+        Console(width=1_000_000 if piped else None, soft_wrap=piped).print(table)
 
 
 def _fail(message: str) -> None:
@@ -57,14 +96,19 @@ def list_cmd(build: bool = typer.Option(True, help="Build suites not yet cached 
                                                    "downloads archives)."),
              stats: bool = typer.Option(True, help="Balance, length AUROC and BoW AUROCs "
                                                    "(prompt; prompt + reply) per suite."),
-             seed: int = typer.Option(0, help="Seed of the BoW cross-validation folds.")) -> None:
+             seed: int = typer.Option(0, help="Seed of the BoW cross-validation folds."),
+             fmt: str = typer.Option("table", "--format", help="table, csv or json (one object per suite)")) -> None:
     """Table of suites: size, labels, balance, length and BoW AUROCs, confound flag, sources.
 
     balance = share of label 1; BoW = grouped 5-fold logistic regression on hashed word 1-2-grams
     (kvstate.data.bow_auroc); a prompt-only BoW AUROC > 0.8 marks the suite confounded.
     Generation suites have no labels until replies are judged, so they show "needs replies".
     """
+    check_format(fmt)
+    if seed < 0:
+        _fail(f"--seed must be >= 0; got {seed}")
     table = Table()
+    records = []
     table.add_column("suite", no_wrap=True)
     table.add_column("n", justify="right")
     table.add_column("labels")
@@ -78,15 +122,19 @@ def list_cmd(build: bool = typer.Option(True, help="Build suites not yet cached 
         lab = ", ".join(f"{k}: {v}" for k, v in labels.items()) if labels else escape(
             row.get("error", "not built"))
         cells = [escape(row["name"]), "" if row["n"] is None else str(row["n"]), lab]
+        rec = {"suite": row["name"], "n": row["n"], "labels": labels, "error": row.get("error")}
         if stats:
             st = None
             if labels and suite_path(row["name"]).exists():
                 st = _cached_stats(row["name"], seed)
             cells += _stats_cells(st) if st else [""] * 5
+            rec.update({k: (st or {}).get(k) for k in ("balance", "length_auroc", "bow_prompt", "bow_prompt_reply",
+                                                       "confounded")})
         table.add_row(*cells, escape(", ".join(row["sources"])), escape(row["description"]))
-    console = Console()
-    console.print(table)
-    _public_table(console)
+        records.append({**rec, "sources": list(row["sources"]), "description": row["description"]})
+    print_listing(fmt, records, table)
+    if fmt == "table":
+        _public_table(Console(width=1_000_000 if not sys.stdout.isatty() else None, soft_wrap=not sys.stdout.isatty()))
 
 
 def _public_table(console: Console) -> None:
@@ -134,6 +182,8 @@ def show_cmd(suite: str = typer.Argument(..., help="Suite name or .jsonl/.csv/.p
     try:
         if n < 0:
             raise ValueError(f"--n must be >= 0; got {n}")
+        if seed < 0:
+            raise ValueError(f"--seed must be >= 0; got {seed}")
         s = load_suite(suite, limit=limit, seed=seed)
     except ValueError as exc:
         _fail(str(exc))

@@ -1,9 +1,9 @@
 """Deploy: a fitted detector as a folder (``folder``), fitted from a study or a suite (``fit``), and
 scoring files with it (``files``)."""
 
-from .files import iter_prompt_chunks, score_file
+from .files import check_output, iter_prompt_chunks, score_file
 from .fit import calibration_features, choose, fit_from_study, fit_from_suite
 from .folder import FORMAT, Detector, fit_detector
 
-__all__ = ["FORMAT", "Detector", "calibration_features", "choose", "fit_detector", "fit_from_study", "fit_from_suite",
+__all__ = ["FORMAT", "Detector", "calibration_features", "check_output", "choose", "fit_detector", "fit_from_study", "fit_from_suite",
            "iter_prompt_chunks", "score_file"]

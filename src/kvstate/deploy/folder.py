@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
-from .._io import read_json, write_json
+from .._io import atomic_dir, read_json, write_json
 from .._version import __version__
 from ..detect import is_supervised, load_detector, make_detector, save_detector, threshold_for_fpr
 from ..evaluate import fit_clone
@@ -136,16 +137,37 @@ class Detector:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the folder (estimator first, then detector.json, each atomically)."""
+        """Write the folder whole: into a new folder beside ``path``, then swapped in for the old one.
+
+        A failed write (a full disk) leaves the old folder as it was and no half-written one; files
+        in an old detector folder that the new one does not write (a README) are carried over. An
+        existing folder that is not a detector folder (no ``detector.json``) and not empty is refused.
+        """
+        path = self.check_target(path)
+        try:
+            atomic_dir(path, self._write)
+        except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+            raise ValueError(f"cannot write the detector folder {path} ({e.strerror or e}); "
+                             f"{'the old folder is unchanged; ' if path.exists() else ''}free space or choose another -o") from None
+        return path
+
+    @staticmethod
+    def check_target(path: str | Path) -> Path:
+        """One-line error, before any fitting, when ``path`` is a file or a non-empty folder that is not
+        a detector folder (:meth:`save` replaces a detector folder whole, so nothing else may sit there)."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ValueError(f"{path} is a file; give a folder for the detector")
-        path.mkdir(parents=True, exist_ok=True)
-        save_detector(self.estimator, path / "estimator.safetensors")
+        if path.is_dir() and any(path.iterdir()) and not (path / "detector.json").is_file():
+            raise ValueError(f"{path} exists and is not a detector folder (no detector.json); choose another -o")
+        return path
+
+    def _write(self, folder: Path) -> None:
+        """The folder's files (estimator, then detector.json), each written atomically."""
+        save_detector(self.estimator, folder / "estimator.safetensors")
         doc = {"format": FORMAT, "kvstate_version": __version__, **{k: v for k, v in asdict(self).items() if k != "estimator"},
                "estimator": type(getattr(self.estimator, "_final_estimator", self.estimator)).__name__}
-        write_json(path / "detector.json", doc)
-        return path
+        write_json(folder / "detector.json", doc)
 
     @classmethod
     def load(cls, path: str | Path) -> "Detector":
