@@ -155,3 +155,32 @@ def test_sweep_scores_every_layer_and_all_layers_together_then_reevaluates_from_
     assert "evaluated again" in out and "items in" not in out  # nothing captured again
     (m2,) = res2["models"].values()
     assert ("sweep-kv/0", "diffmean") in {(r["representation"], r["detector"]) for r in m2["selection"]}
+
+
+def _have(*suites):
+    from kvstate.data.public import present
+    from kvstate.data.registry import SUITES
+
+    return all(present(f) for s in suites for f in SUITES[s].files)
+
+
+@pytest.mark.skipif(not _have("xstest", "maliciousinstruct", "self-instruct", "halueval-general-queries"),
+                    reason="public benchmark files not in the data directory (KVSTATE_DATA; `kvstate data fetch`)")
+def test_fit_task_cli_then_score_a_heldout_benchmark(tmp_path, folder):
+    from kvstate.data import load_suite
+
+    det = tmp_path / "det"
+    r = CliRunner().invoke(app, ["fit", "--task", "harmful-request", "-m", str(folder), "--max-per-source", "4", "-o", str(det)])
+    assert r.exit_code == 0, r.output
+    assert "task harmful-request" in r.output and (det / "detector.json").exists()
+    doc = json.loads((det / "detector.json").read_text())
+    assert doc["training"]["selection"] == "leave-one-source-out" and "xstest" not in doc["training"]["sources"]
+    items = load_suite("xstest").items  # a benchmark the detector never trained or calibrated on
+    xs = [it for it in items if it.label == 1][:12] + [it for it in items if it.label == 0][:12]
+    src = _write(tmp_path / "xstest.jsonl", [{"id": it.id, "messages": it.messages, "label": it.label} for it in xs])
+    r = CliRunner().invoke(app, ["score", "-d", str(det), "-m", str(folder), src, "-o", str(tmp_path / "s.csv")])
+    assert r.exit_code == 0, r.output
+    assert "AUROC" in r.output
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 25
+    bad = CliRunner().invoke(app, ["fit", "--task", "harmful-request", "--suite", "jailbreak", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "either --suite" in bad.output

@@ -16,7 +16,10 @@ from .checks import first_line as _first_line
 def fit_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="detector folder to write"),
     study_dir: Optional[Path] = typer.Option(None, "--study", help="a finished study: fit on its stored states"),
-    suite: str = typer.Option(..., help="training suite (a name, or a labelled .jsonl/.csv/.parquet without --study)"),
+    suite: Optional[str] = typer.Option(None, help="training suite (a name, or a labelled .jsonl/.csv/.parquet without --study)"),
+    task: Optional[str] = typer.Option(None, "--task", help="instead of --suite: a benchmark task (harmful-request, truth): "
+                                       "its training sources, LOSO choice, threshold on its calibration sources"),
+    max_per_source: Optional[int] = typer.Option(None, help="with --task: cap every source per label"),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     representation: Optional[str] = typer.Option(None, help="stored representation, e.g. kv-elu-S/n-hn@end [the study's best]"),
     detector: Optional[str] = typer.Option(None, help="detector name, e.g. logistic [the study's best]"),
@@ -34,6 +37,8 @@ def fit_cmd(
       kvstate fit --study runs/main --suite jailbreak -o detectors/jailbreak-kv
 
       kvstate fit --suite my_train.jsonl --representation act-resid-last@end --detector logistic -o detectors/mine
+
+      kvstate fit --task harmful-request -m qwen2.5-0.5b -o detectors/harmful
     """
     import kvstate
 
@@ -41,6 +46,13 @@ def fit_cmd(
 
     if not 0 < fpr < 1:
         fail(f"--fpr must be between 0 and 1; got {fpr}")
+    if (suite is None) == (task is None):
+        fail("pass either --suite (a suite or file to train on) or --task (a benchmark task, e.g. harmful-request)")
+    if task is not None:
+        if study_dir is not None or representation is not None or detector is not None:
+            fail("--task chooses the representation and detector by leave-one-source-out itself; drop --study, "
+                 "--representation and --detector")
+        return _fit_task(task, model, out, family=family, fpr=fpr, layers=layers, max_per_source=max_per_source)
     if calibration_items < 2:
         fail(f"--calibration-items must be >= 2, got {calibration_items}")
     if study_dir is None and (representation is None or detector is None):
@@ -73,6 +85,32 @@ def fit_cmd(
     thr = f"threshold {det.threshold:.4g} at FPR {fpr} on {det.calibration['n']} {det.calibration['source']} prompts" \
         if det.threshold is not None else "no threshold"
     console.print(f"[green]wrote[/] {out}: {det.representation} | {det.training['detector']} on {det.model}, {thr}")
+
+
+def _fit_task(task: str, model: str, out: Path, *, family: str, fpr: float, layers: str, max_per_source: Optional[int]) -> None:
+    from ..benchmark import TASKS, BenchmarkConfig, fit_task
+    from ..deploy import Detector
+
+    if task not in TASKS:
+        fail(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if family not in ("kv-state", "activation", "control"):
+        fail(f"--family must be kv-state, activation or control; got {family!r}")
+    writable_path(out, folder=True)
+    try:
+        Detector.check_target(out)
+        cfg = BenchmarkConfig(task=task, models=[model], fpr=fpr, layers=layers, max_per_source=max_per_source)
+    except ValueError as e:
+        fail(_first_line(e))
+    check_model(model)
+    try:
+        det = fit_task(TASKS[task], model, cfg, out.parent / f".{out.name}.store", family=family)
+        det.save(out)
+    except (ValueError, KeyError) as e:
+        fail(_first_line(e))
+    t = det.training
+    console.print(f"[green]wrote[/] {out}: {det.representation} | {t['detector']} on {det.model} (task {task}; LOSO AUROC "
+                  f"{t['loso_auroc']:.3f}, worst source {t['loso_worst']:.3f}), threshold {det.threshold:.4g} at FPR {fpr} on "
+                  f"{det.calibration['n']} calibration prompts")
 
 
 @app.command("score")
