@@ -66,7 +66,7 @@ class BenchmarkConfig:
     dtype: str = "bfloat16"
     batch_size: int = 16
     chunk: int = 64
-    max_tokens: int = 512
+    max_tokens: int = 256
 
     def __post_init__(self):  # every check before any model is loaded
         unknown = sorted(set(self.detectors + self.sweep_detectors + self.multilayer_detectors) - set(DETECTORS))
