@@ -150,6 +150,9 @@ def test_fit_then_score_equals_the_study(study, tmp_path):
     assert r.exit_code == 0, r.output
     det = Detector.load(det_dir)
     assert det.threshold == pytest.approx(row["threshold"], abs=1e-9) and det.calibration["n"] == 16
+    # prompt-only training items: calibrated at the prompt, as the study's row was (issue #31)
+    assert det.training["reply"] is False and det.calibration["provenance"]["read"] == "prompt"
+    assert row["calibration_read"] == "prompt"
     r = runner.invoke(app, ["score", "-d", str(det_dir), str(root / "gamma.jsonl"), "-o", str(tmp_path / "s.parquet"),
                             "-m", str(root / "tiny-llama"), "--batch-size", "4", "--chunk", "8"])
     assert r.exit_code == 0, r.output

@@ -1,8 +1,16 @@
 """Fit a detector folder from a finished study's store, or straight from a suite file, and set its
-threshold on benign chat."""
+threshold on benign chat.
+
+The threshold is set on calibration items read at the same point as the items the detector scores
+(:func:`calibration_representation`): a detector fitted on prompts alone (its ``@end`` is the
+prompt's end) is calibrated on the calibration prompts without a reply, even when the calibration
+suite generates replies (``benign-chat`` does); a detector fitted on items with replies, on
+calibration items with the model's own replies.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +22,46 @@ from ..capture.generate import generate_replies
 from ..data import Suite, load_suite, own_replies
 from ..detect import detector_name
 from ..models import LoadedModel, model_name
-from ..representations import RepresentationSettings, capture_representations
+from ..representations import RepName, RepresentationSettings, capture_representations
 from ..store import Store, StudyLayout, suite_label
 from .folder import READS, Detector, fit_detector
 
-__all__ = ["calibration_features", "choose", "fit_from_study", "fit_from_suite"]
+__all__ = ["calibration_features", "calibration_representation", "choose", "fit_from_study", "fit_from_suite", "has_replies"]
+
+
+def has_replies(items) -> bool:
+    """Whether any item carries a reply, so that its ``@end`` state is read after the reply."""
+    return any(getattr(it, "response", None) for it in items)
+
+
+def calibration_representation(representation: str, reply: bool) -> str:
+    """The stored name to calibrate a detector of ``representation`` with: its ``@prompt_end`` read
+    when the items it scores have no reply (their ``@end`` is the prompt's end, so a calibration
+    item's state after a generated reply is another distribution), else ``representation`` itself.
+
+    >>> calibration_representation("kv-elu-S/n-hn@end", reply=False)
+    'kv-elu-S/n-hn@prompt_end'
+    >>> calibration_representation("kv-elu-S/n-hn@end", reply=True)
+    'kv-elu-S/n-hn@end'
+    """
+    n = RepName.parse(representation)
+    return str(n.with_read("prompt_end")) if not reply and n.read == "end" else representation
+
+
+def _stored_replies(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether a store's items had replies: their ``@prompt_end`` and ``@end`` reads differ (the two
+    reads are the same position, so the same numbers up to rounding, for an item without a reply)."""
+    for name, X in arrays.items():
+        n = RepName.parse(name)
+        if n.read == "end" and str(n.with_read("prompt_end")) in arrays:
+            return not np.allclose(X, arrays[str(n.with_read("prompt_end"))], rtol=1e-5, atol=1e-6)
+    return False
+
+
+def _detector_reads_reply(det: Detector) -> bool:
+    """A detector scores items with a reply when it was fitted on them; folders written before
+    ``training["reply"]`` existed keep the old rule (replies where the calibration suite wants them)."""
+    return bool(det.training.get("reply", True)) and RepName.parse(det.representation).read != "prompt_end"
 
 
 def choose(table: list[dict], family: str, supervised: bool) -> dict | None:
@@ -62,7 +105,8 @@ def fit_from_study(study_dir: str | Path, model: str, suite: str, *, representat
     return fit_detector(arrays[representation], y, representation, detector, model=name,
                         dtype=store.settings.get("dtype", "float32"), settings=store.settings["representations"],
                         seed=int(cfg.get("seed", 0)), reduce_above=int(cfg.get("reduce_above", 512)),
-                        training={"source": f"study {study_dir}: {name}/{label}", "suite": label})
+                        training={"source": f"study {study_dir}: {name}/{label}", "suite": label,
+                                  "reply": _stored_replies(arrays)})
 
 
 def _with_replies(lm: LoadedModel, suite: Suite, *, max_new_tokens: int, batch_size: int) -> Suite:
@@ -87,26 +131,35 @@ def fit_from_suite(lm: LoadedModel, suite: str, representation: str, detector: s
     X = np.stack([r[representation] for r in cap.rows])
     y = np.array([it.label for it in s.items])
     return fit_detector(X, y, representation, detector, model=lm.name, dtype=lm.dtype, settings=settings.to_dict(), seed=seed,
-                        training={"source": f"suite {suite}", "suite": suite_label(suite)})
+                        training={"source": f"suite {suite}", "suite": suite_label(suite), "reply": has_replies(s.items)})
 
 
 def calibration_features(det: Detector, lm: LoadedModel | None, calibration: str, *, study_dir: str | Path | None = None,
                          limit: int = 300, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 40) -> tuple[np.ndarray, Any]:
-    """Features of the benign calibration prompts: the study's stored ones when it captured them with
-    the detector's settings, else captured now (with the model's own replies where the suite wants them)."""
+    """Features of the benign calibration prompts, read where the detector reads its items: after the
+    model's own reply (where the suite wants one) for a detector fitted on replies, at the prompt's end
+    for a detector fitted on prompts alone (:func:`calibration_representation`). The study's stored
+    ones when it captured them with the detector's settings, else captured now."""
     label = suite_label(calibration)
+    reply = _detector_reads_reply(det)
+    read = "reply" if reply else "prompt"
     if study_dir is not None:
         layout = StudyLayout(Path(study_dir))
         if layout.has_store(det.model, label):
             store = Store(layout.store(det.model, label))
             if store.settings.get("representations") == det.settings:
                 index, arrays = store.load()
-                if det.representation in arrays:
-                    return arrays[det.representation], {"suite": label, "from": f"study store {layout.store(det.model, label)}",
-                                                        "n": int(len(index))}
+                rep = calibration_representation(det.representation, reply)
+                if rep in arrays:
+                    return arrays[rep], {"suite": label, "from": f"study store {layout.store(det.model, label)}",
+                                         "n": int(len(index)), "read": read, "representation": rep}
     if lm is None:
         raise ValueError(f"no stored {label} states to calibrate on; pass a model to capture them")
-    suite = _with_replies(lm, load_suite(calibration, limit=limit, seed=seed), max_new_tokens=max_new_tokens,
-                          batch_size=batch_size)
-    return det.features(lm, suite.items, batch_size=batch_size), {"suite": label, "from": "captured", "n": len(suite.items),
-                                                                  "provenance": suite.provenance}
+    suite = load_suite(calibration, limit=limit, seed=seed)
+    if reply:
+        suite = _with_replies(lm, suite, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        items = suite.items
+    else:  # no reply generated, and a reply the file carries is not read
+        items = [replace(it, response=None) for it in suite.items]
+    return det.features(lm, items, batch_size=batch_size), {"suite": label, "from": "captured", "n": len(items),
+                                                           "read": read, "provenance": suite.provenance}

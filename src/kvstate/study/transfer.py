@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..deploy import choose
+from ..deploy import calibration_representation, choose, has_replies
 from ..detect import threshold_for_fpr
 from ..evaluate import auroc_ci, fit_clone, length_matched_indices, metrics, transfer_matrix
 from ..representations import COMPRESSED, RepName, kv_option
@@ -64,18 +64,26 @@ def fit_choice(train: SuiteData, row: dict, cfg: StudyConfig):
 def _transfer_row(train: SuiteData, row: dict, test: SuiteData, calib: SuiteData | None,
                   cfg: StudyConfig) -> tuple[dict, np.ndarray]:
     """One training-CV choice fitted on all training items and scored on the test suite: AUROC with
-    a grouped bootstrap CI, and TPR / realised FPR at the threshold set on benign chat."""
+    a grouped bootstrap CI, and TPR / realised FPR at the threshold set on benign chat, whose items are
+    read at the test items' read point (:func:`kvstate.deploy.calibration_representation`)."""
     rep = row["representation"]
     est = fit_choice(train, row, cfg)
     s = np.asarray(est.decision_function(test.arrays[rep]), dtype=float)
     auc, ci = auroc_ci(test.y, s, n_boot=cfg.n_boot, seed=cfg.seed, groups=test.groups)
     out = {"representation": rep, "in_distribution_auroc": row["auroc"],
            "in_distribution_ci": [row["auroc_lo"], row["auroc_hi"]], "auroc": auc, "auroc_ci": ci,
-           "threshold": None, "tpr_at_benign_fpr": None, "fpr_realised": None}
-    if calib is not None and rep in calib.arrays:
-        thr = threshold_for_fpr(np.asarray(est.decision_function(calib.arrays[rep]), dtype=float), cfg.transfer_fpr)
+           "threshold": None, "tpr_at_benign_fpr": None, "fpr_realised": None, "calibration_read": None}
+    # calibration items read where the test items are: at the prompt's end for prompt-only test items,
+    # even when the calibration suite generated replies (benign-chat does), after the reply otherwise
+    reply = has_replies(test.items)
+    crep = calibration_representation(rep, reply) if calib is not None else rep
+    if calib is not None and crep not in calib.arrays and not has_replies(calib.items):
+        crep = rep  # a store without the prompt-end read: its items have no reply, so @end is the prompt's end
+    if calib is not None and crep in calib.arrays:
+        thr = threshold_for_fpr(np.asarray(est.decision_function(calib.arrays[crep]), dtype=float), cfg.transfer_fpr)
         out.update(threshold=thr, tpr_at_benign_fpr=float((s[test.y == 1] > thr).mean()),
-                   fpr_realised=float((s[test.y == 0] > thr).mean()))
+                   fpr_realised=float((s[test.y == 0] > thr).mean()),
+                   calibration_read="reply" if reply and has_replies(calib.items) else "prompt")
     return out, s
 
 
