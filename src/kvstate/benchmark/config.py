@@ -53,14 +53,14 @@ class BenchmarkConfig:
     layers: str = "upper3"
     phis: list[str] = field(default_factory=lambda: ["identity", "elu"])
     representations: list[str] = field(default_factory=lambda: list(DEFAULT_REPRESENTATIONS))
-    detectors: list[str] = field(default_factory=lambda: ["logistic", "diffmean", "mahalanobis"])
+    detectors: list[str] = field(default_factory=lambda: ["logistic", "diffmean", "lpm"])
     sweep: bool = False
     sweep_detectors: list[str] = field(default_factory=lambda: ["lpm"])
     multilayer_detectors: list[str] = field(default_factory=lambda: ["mlpm", "stack"])
     max_per_source: int | None = None
     duplicate_threshold: float = 0.8
     fpr: float = 0.01
-    n_splits: int = 5
+    n_splits: int = 3
     n_boot: int = 1000
     reduce_above: int = 512
     dtype: str = "bfloat16"
