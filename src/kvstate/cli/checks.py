@@ -97,6 +97,14 @@ def check_model(model: str) -> Optional[int]:
         fail(first_line(e))
 
 
+def check_spec_layers(layers: list[int], n_layers: Optional[int], folder: Path, model: str) -> None:
+    """The monitored layers exist in the model (known from its config.json, before it loads)."""
+    bad = [l for l in layers if n_layers and not -n_layers <= l < n_layers]
+    if bad:
+        fail(f"{folder}: layers {bad} do not exist in {model} ({n_layers} layers); pass the model the monitor was "
+             "trained on, or re-create the folder")
+
+
 def read_prompts(prompts: list[str], file: Optional[Path]) -> list:
     items: list = list(prompts)
     if file is not None:

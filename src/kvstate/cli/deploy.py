@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app, console
-from .checks import check_model, err, fail, writable_path
+from .checks import check_model, check_spec_layers, err, fail, writable_path
 from .checks import first_line as _first_line
 
 
@@ -104,7 +104,7 @@ def score_cmd(
         det = Detector.load(detector)
     except ValueError as e:
         fail(_first_line(e))
-    check_model(model or det.model)
+    check_spec_layers(list(det.settings.get("layers", [])), check_model(model or det.model), detector, model or det.model)
     writable_path(out)
     try:
         lm = kvstate.load_model(model or det.model, dtype=det.dtype)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .app import app, console
-from .checks import at_least, check_model, fail, writable_path
+from .checks import at_least, check_model, check_spec_layers, fail, writable_path
 from .checks import first_line as _first_line
 
 
@@ -105,7 +105,7 @@ def monitor(
         Aggregator(aggregate, alpha, window)
     except ValueError as e:
         fail(_first_line(e))
-    check_model(model)
+    check_spec_layers(spec.layers, check_model(model), detector, model)
     try:
         lm = kvstate.load_model(model)
     except ValueError as e:

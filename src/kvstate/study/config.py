@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from .._options import Projection, check_option
 from ..detect import DETECTORS
 from ..monitor.aggregate import Aggregate
-from ..representations import RepresentationSettings
+from ..representations import RepName, RepresentationSettings, parse_kv_name
 
 __all__ = ["CORE", "EVALUATION_SETTINGS", "LENGTH_MATCHED_FOR", "SUPERVISED", "UNSUPERVISED", "Engine", "StudyConfig"]
 
@@ -142,6 +142,43 @@ def check_types(cfg) -> None:
         if not _matches(value, hints[f.name]):
             got = "a string" if isinstance(value, str) else type(value).__name__
             raise ValueError(f"{f.name} must be {_describe(hints[f.name])}; got {got} {value!r}")
+
+
+def check_monitor(cfg: StudyConfig, labels: list[str]) -> None:
+    """The monitor settings name what the study records (one-line ``ValueError``, before any work).
+
+    ``monitor_suites`` may name registered suites the study does not run (the default names
+    jailbreak and sysprompt whatever ``suites`` says), but not an unknown name (a typo), and when
+    monitors are on at least one of them must be run; ``monitor_representation`` must be a kv
+    read-out (``kv-<phi>-<kind>@<read>``) of a recorded feature map at a recorded read point.
+    """
+    from ..data import SUITES
+    from ..state import get_phi, key_name
+
+    if not cfg.monitor_suites or cfg.monitor_items == 0:
+        return
+    unknown = [s for s in cfg.monitor_suites if s not in labels and s not in SUITES]
+    if unknown:
+        raise ValueError(f"monitor_suites names {unknown}, not a suite the study runs ({', '.join(labels)}) "
+                         "nor a registered one; fix the name, or set monitor_suites = [] for no monitor")
+    if not set(cfg.monitor_suites) & set(labels):
+        if cfg.monitor_suites == StudyConfig().monitor_suites:
+            return  # the default, and the study runs neither: no monitor, as asked for by leaving it out
+        raise ValueError(f"monitor_suites {cfg.monitor_suites} names no suite the study runs ({', '.join(labels)}); "
+                         "name one of them, or set monitor_suites = [] (or monitor_items = 0) for no monitor")
+    rep = cfg.monitor_representation
+    try:
+        phi, _ = parse_kv_name(rep)
+        read = RepName.parse(rep).read
+    except ValueError as e:
+        raise ValueError(f"monitor_representation: {str(e).splitlines()[0]}") from None
+    recorded = [key_name(get_phi(p)) for p in cfg.phis] + (["learned"] if cfg.learned_phi else [])
+    if phi not in recorded:
+        raise ValueError(f"monitor_representation {rep!r}: feature map {phi!r} is not recorded; "
+                         f"the study records {', '.join(recorded)}")
+    if read not in ("end", "prompt_end"):
+        raise ValueError(f"monitor_representation {rep!r} must end in @end or @prompt_end (the read points a study "
+                         "records), e.g. kv-elu-S/n-hn@end")
 
 
 #: settings :func:`kvstate.study.evaluate_study` may change: they act on stored vectors only

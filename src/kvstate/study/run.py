@@ -30,7 +30,7 @@ from ..representations import RepresentationSettings
 from ..state import get_phi
 from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
-from .config import EVALUATION_SETTINGS, StudyConfig
+from .config import EVALUATION_SETTINGS, StudyConfig, check_monitor
 from .evaluate import TooFewGroups, best, check_groups, evaluate_task
 from .fidelity import learned_phi, phi_fidelity, reference_query_file
 from .generate import fit_context, replies
@@ -78,6 +78,7 @@ def validate_study(cfg: StudyConfig) -> dict:
                 raise ValueError(f"suite {label}: {e}; {fix}") from None
         suites[label] = suite
     check_transfer(cfg)
+    check_monitor(cfg, list(suites))
     return suites
 
 

@@ -1,0 +1,279 @@
+"""Issue 30, part B: what a user hands in (a detector or monitor folder, a study config, a cache,
+a full disk, a stop signal) ends in one line, never in a traceback or a silently wrong result.
+
+Each CLI case exits 2 with one ``error:`` line, loads no model where the check can come first, and
+leaves every pre-existing file byte-identical; each library case raises a one-line ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model, tiny_model_folder, tree_hash
+from typer.testing import CliRunner
+
+from kvstate.cli import app
+
+runner = CliRunner()
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _rows(n: int = 8) -> str:
+    return "\n".join(json.dumps({"id": f"i{i}", "text": f"item {i // 2}" + (" bad" if i % 2 else ""), "label": i % 2})
+                     for i in range(n)) + "\n"
+
+
+def _one_line_exit_2(res) -> str:
+    err = res.stderr.strip()
+    assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import transformers
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded: the case must fail before")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+# ------------------------------------------------------------------ folders handed in (items 5, 10, 11)
+
+def _doc(key, value):
+    def edit(d):
+        if value is _DROP:
+            d.pop(key)
+        else:
+            d[key] = value
+    return edit
+
+
+_DROP = object()
+
+#: detector.json edits: each must be refused at load (items 5 and 10)
+DETECTOR_JSON = {
+    "threshold NaN": _doc("threshold", math.nan), "threshold -inf": _doc("threshold", -math.inf),
+    "threshold inf": _doc("threshold", math.inf), "threshold string": _doc("threshold", "0.5"),
+    "threshold list": _doc("threshold", [0.5]), "threshold bool": _doc("threshold", True),
+    "fpr 2": _doc("fpr", 2.0), "no representation": _doc("representation", _DROP), "no model": _doc("model", _DROP),
+    "no settings": _doc("settings", _DROP), "no dtype": _doc("dtype", _DROP), "model int": _doc("model", 3),
+    "bad representation": _doc("representation", "nope"), "bad dtype": _doc("dtype", "int4"),
+    "settings string": _doc("settings", "layers=0"), "settings list": _doc("settings", [0, 1]),
+    "settings unknown key": lambda d: d["settings"].update(layerz=[0]),
+    "settings layers string": lambda d: d["settings"].update(layers="0,1"),
+    "settings unknown phi": lambda d: d["settings"].update(phis=["nope"]),
+    "settings missing learned phi": lambda d: d["settings"].update(phis=["identity", "learned:phi/missing.safetensors"]),
+    "training string": _doc("training", "x"),
+}
+
+
+def _rewrite_estimator(path: Path, edit) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(path), "np") as f:
+        meta = dict(f.metadata())
+    arrays = load_file(str(path))
+    doc = json.loads(meta["kvstate"])
+    edit(arrays, doc)
+    save_file(arrays, str(path), metadata={"kvstate": json.dumps(doc)})
+
+
+def _first_float(arrays) -> str:
+    return next(k for k in sorted(arrays) if arrays[k].dtype.kind == "f" and arrays[k].ndim >= 1 and arrays[k].size > 1)
+
+
+def _nan(a, d):
+    k = _first_float(a)
+    a[k] = a[k].copy()
+    a[k].flat[0] = np.nan
+
+
+def _drop(a, d):
+    a.pop(_first_float(a))
+
+
+def _drop_old(a, d):  # a file written before tensor lists: the zero-row check catches it
+    d.pop("tensors")
+    a.pop(_first_float(a))
+
+
+def _shape(a, d):
+    k = _first_float(a)
+    a[k] = a[k].reshape(-1)[:-1].copy()
+
+
+def _dtype(a, d):
+    k = _first_float(a)
+    a[k] = a[k].astype(np.float32)
+
+
+#: estimator.safetensors edits: each must be refused at load (items 5 and 11)
+ESTIMATOR = {"NaN weight": _nan, "missing tensor": _drop, "missing tensor, no tensor list": _drop_old,
+             "wrong shape": _shape, "wrong dtype": _dtype}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    from kvstate.deploy import fit_detector
+    from kvstate.detect import get_detector
+    from kvstate.monitor import MonitorSpec, save_monitor
+    from kvstate.representations import RepresentationSettings
+
+    root = tmp_path_factory.mktemp("safety")
+    tiny_model_folder(root / "m")
+    (root / "p.jsonl").write_text(_rows())
+    rng = np.random.default_rng(0)
+    det = fit_detector(rng.normal(size=(20, 4)), np.r_[np.zeros(10, int), np.ones(10, int)], "kv-identity-S/n@end",
+                       "logistic", model="m", dtype="float32", settings=RepresentationSettings(layers=(0, 1)).to_dict())
+    det.threshold, det.fpr = 0.5, 0.01
+    det.save(root / "det")
+    for name, edit in DETECTOR_JSON.items():
+        shutil.copytree(root / "det", root / f"det-{name}")
+        doc = json.loads((root / "det" / "detector.json").read_text())
+        edit(doc)
+        (root / f"det-{name}" / "detector.json").write_text(json.dumps(doc))  # NaN/Infinity as Python writes them
+    for name, edit in ESTIMATOR.items():
+        shutil.copytree(root / "det", root / f"est-{name}")
+        _rewrite_estimator(root / f"est-{name}" / "estimator.safetensors", edit)
+    maha = get_detector("mahalanobis").fit(rng.normal(size=(20, 4)))
+    spec = MonitorSpec("kv-identity-S/n@end", [0], {"name": "identity"}, {"layers": [0]}, threshold=1.0, fpr=0.01)
+    save_monitor(root / "mon", spec, maha)
+    for name, edit in MONITOR_JSON.items():
+        shutil.copytree(root / "mon", root / f"mon-{name}")
+        doc = json.loads((root / "mon" / "monitor.json").read_text())
+        edit(doc)
+        (root / f"mon-{name}" / "monitor.json").write_text(json.dumps(doc))
+    return root
+
+
+#: monitor.json edits (item 10); "layers out of range" is only wrong for the model it runs with
+MONITOR_JSON = {"threshold NaN": _doc("threshold", math.nan), "threshold string": _doc("threshold", "1"),
+                "unknown phi": _doc("phi", {"name": "nope"}), "layers string": _doc("layers", "0"),
+                "layers empty": _doc("layers", []), "settings string": _doc("settings", "x"),
+                "settings unknown key": _doc("settings", {"layerz": [0]}), "no representation": _doc("representation", _DROP),
+                "layers out of range": _doc("layers", [7])}
+
+
+def test_a_good_folder_loads(root):
+    from kvstate.deploy import Detector
+    from kvstate.monitor import load_monitor
+
+    det = Detector.load(root / "det")
+    assert det.threshold == 0.5 and det.decision_function(np.zeros((1, 4))).shape == (1,)
+    assert load_monitor(root / "mon")[0].layers == [0]
+
+
+@pytest.mark.parametrize("name", [*(f"det-{n}" for n in DETECTOR_JSON), *(f"est-{n}" for n in ESTIMATOR)])
+def test_detector_load_refuses_in_one_line(root, name):
+    from kvstate.deploy import Detector
+
+    before = tree_hash(root / name)
+    with pytest.raises(ValueError) as e:
+        Detector.load(root / name)
+    assert len(str(e.value).splitlines()) == 1 and str(root / name) in str(e.value), str(e.value)
+    assert tree_hash(root / name) == before
+
+
+@pytest.mark.parametrize("name", [f"mon-{n}" for n in MONITOR_JSON if n != "layers out of range"])
+def test_monitor_load_refuses_in_one_line(root, name):
+    from kvstate.monitor import load_monitor
+
+    with pytest.raises(ValueError) as e:
+        load_monitor(root / name)
+    assert len(str(e.value).splitlines()) == 1 and "monitor.json" in str(e.value), str(e.value)
+
+
+CLI = [*(["score", "{root}/p.jsonl", "-d", f"{{root}}/det-{n}", "-m", "{root}/m", "-o", "{root}/o.csv"] for n in DETECTOR_JSON),
+       *(["score", "{root}/p.jsonl", "-d", f"{{root}}/est-{n}", "-m", "{root}/m", "-o", "{root}/o.csv"] for n in ESTIMATOR),
+       *(["monitor", "hi", "-d", f"{{root}}/mon-{n}", "-m", "{root}/m"] for n in MONITOR_JSON),
+       *(["monitor", "hi", "-d", f"{{root}}/det-{n}", "-m", "{root}/m", "--stop"] for n in ("threshold NaN", "settings string"))]
+
+
+@pytest.mark.parametrize("args", CLI, ids=[" ".join(a[:1] + a[3:4]).replace("{root}/", "") for a in CLI])
+def test_cli_refuses_bad_folders_before_the_model(root, no_model, args):
+    before = tree_hash(root)
+    res = runner.invoke(app, [a.format(root=root) for a in args])
+    _one_line_exit_2(res)
+    assert tree_hash(root) == before
+
+
+# ------------------------------------------------------------------ study config typos (item 7)
+
+@pytest.mark.parametrize("setting, message", [
+    ('monitor_suites = ["nope"]', "monitor_suites"),
+    ('monitor_suites = ["jailbreak"]', "names no suite the study runs"),
+    ('monitor_suites = ["alpha"]\nmonitor_representation = "kv-bogus-S/n@end"', "monitor_representation"),
+    ('monitor_suites = ["alpha"]\nmonitor_representation = "act-resid-last@end"', "monitor_representation"),
+    ('monitor_suites = ["alpha"]\nmonitor_representation = "kv-elu-S/n-hn@middle"', "monitor_representation"),
+])
+def test_study_config_typos_fail_before_work(root, no_model, tmp_path, setting, message):
+    suite = tmp_path / "alpha.jsonl"
+    suite.write_text("".join(json.dumps({"text": f"q{i}", "label": i % 2, "group": f"g{i // 2}"}) + "\n" for i in range(24)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[study]\nmodels = ["{root / "m"}"]\nsuites = ["{suite}"]\nn_splits = 2\n{setting}\n')
+    before = tree_hash(tmp_path)
+    res = runner.invoke(app, ["study", "-c", str(cfg), "-o", str(tmp_path / "out")])
+    assert message in _one_line_exit_2(res)
+    assert tree_hash(tmp_path) == before
+
+
+# ------------------------------------------------------------------ a folder that travels (item 9)
+
+def test_a_folder_fitted_with_a_learned_phi_travels(tmp_path):
+    """Fitted where the study ran (its learned map at a path relative to that folder), copied
+    elsewhere and used from a third working directory, the folder scores the same numbers."""
+    from kvstate.deploy import Detector, fit_detector
+    from kvstate.deploy.folder import READS
+    from kvstate.representations import RepresentationSettings, capture_representations
+    from kvstate.state.learned import train_learned_phi
+
+    lm = tiny_model("llama")
+    model = tiny_model_folder(tmp_path / "m")
+    (tmp_path / "p.jsonl").write_text(_rows())
+    study, here = tmp_path / "study", os.getcwd()
+    study.mkdir()
+    os.chdir(study)
+    try:  # as `kvstate study` records it: learned:runs/<study>/phi/<model>.learned.safetensors, relative
+        rel = train_learned_phi(lm, ["a b c", "d e f g", "hello there"], [0, 1], n_features=8, steps=5).save(
+            Path("runs/s/phi/m.learned.safetensors"))
+        settings = RepresentationSettings(layers=(0, 1), phis=("identity", f"learned:{rel}"), sweep=False)
+        items = [{"messages": [{"role": "user", "content": f"item {i} {'bad' * (i % 2)}"}]} for i in range(12)]
+        cap = capture_representations(lm, items, settings, reads=list(READS), progress=False)
+        rep = "kv-learned-S/n@end"
+        X = np.stack([r[rep] for r in cap.rows])
+        det = fit_detector(X, np.arange(12) % 2, rep, "logistic", model="m", dtype="float32", settings=settings.to_dict())
+        det.save("det")
+        assert json.loads(Path("det/detector.json").read_text())["settings"]["phis"][1] == "learned:phi/m.learned.safetensors"
+        res = runner.invoke(app, ["score", str(tmp_path / "p.jsonl"), "-d", "det", "-m", str(model), "-o", str(tmp_path / "a.csv")])
+        assert res.exit_code == 0, res.output
+    finally:
+        os.chdir(here)
+    shutil.copytree(study / "det", tmp_path / "elsewhere" / "det")
+    shutil.rmtree(study)  # the study, and the map it trained, are gone
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chdir(other)
+    try:
+        assert Detector.load("../elsewhere/det").settings["phis"][1].startswith("learned:/")
+        res = runner.invoke(app, ["score", str(tmp_path / "p.jsonl"), "-d", "../elsewhere/det", "-m", str(model),
+                                  "-o", str(tmp_path / "b.csv")])
+        assert res.exit_code == 0, res.output
+    finally:
+        os.chdir(here)
+    import pandas as pd
+
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert len(a) == 8 and a["score"].notna().all()
+    np.testing.assert_array_equal(a["score"].to_numpy(), b["score"].to_numpy())
