@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,72 @@ def test_a_folder_fitted_with_a_learned_phi_travels(tmp_path):
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert len(a) == 8 and a["score"].notna().all()
     np.testing.assert_array_equal(a["score"].to_numpy(), b["score"].to_numpy())
+
+
+# ------------------------------------------------------------------ a full disk (item 14: fit, train-monitor)
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root and mount rights; skipped otherwise)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs here ({e})")
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` up to ``leave`` free bytes."""
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    (disk / "filler").write_bytes(b"\0" * max(free - leave, 0))
+
+
+def _wide_detector(width: int = 2000):
+    from kvstate.deploy import fit_detector
+    from kvstate.representations import RepresentationSettings
+
+    rng = np.random.default_rng(1)
+    return fit_detector(rng.normal(size=(12, width)), np.arange(12) % 2, "kv-identity-S/n@end", "logistic", model="m",
+                        dtype="float32", settings=RepresentationSettings(layers=(0, 1)).to_dict())
+
+
+def test_fit_on_a_full_disk_is_one_line_and_keeps_the_old_detector(small_disk, monkeypatch, root, no_model):
+    import kvstate.deploy
+
+    Detector = kvstate.deploy.Detector
+    Detector.load(root / "det").save(small_disk / "det")  # the detector already there
+    _fill(small_disk, 8 * 1024)
+    before = tree_hash(small_disk)
+    monkeypatch.setattr(kvstate.deploy, "fit_from_study", lambda *a, **k: _wide_detector())  # fitting is not the point
+    res = runner.invoke(app, ["fit", "--study", str(root), "--suite", "x", "--calibration", "", "-o", str(small_disk / "det")])
+    err = _one_line_exit_2(res)
+    assert str(small_disk / "det") in err and "space" in err.lower(), err
+    assert tree_hash(small_disk) == before
+    assert Detector.load(small_disk / "det").threshold == 0.5
+
+
+def test_train_monitor_on_a_full_disk_is_one_line_and_keeps_the_old_monitor(small_disk, monkeypatch, root, no_model):
+    import kvstate.study
+    from kvstate.monitor import MonitorSpec, load_monitor
+
+    shutil.copytree(root / "mon", small_disk / "mon")
+    (small_disk / "store").mkdir()  # what train-monitor checks a study folder by
+    _fill(small_disk, 8 * 1024)
+    before = tree_hash(small_disk)
+    spec = MonitorSpec("kv-identity-S/n@end", [0, 1], {"name": "identity"}, {"layers": [0, 1]}, threshold=2.0, fpr=0.01,
+                       notes={"oof_auroc": 0.5})
+    monkeypatch.setattr(kvstate.study, "train_monitor", lambda *a, **k: (spec, _wide_detector().estimator))
+    res = runner.invoke(app, ["train-monitor", "--study", str(small_disk), "--suite", "x", "-o", str(small_disk / "mon")])
+    err = _one_line_exit_2(res)
+    assert str(small_disk / "mon") in err and "space" in err.lower(), err
+    assert tree_hash(small_disk) == before
+    assert load_monitor(small_disk / "mon")[0].threshold == 1.0

@@ -54,6 +54,14 @@ def first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def write_error(e: Exception) -> str:
+    """What stopped a write, in a few words (safetensors wraps the OS error in its own text)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = first_line(e)
+    return "No space left on device" if "StorageFull" in text or "No space" in text else text
+
+
 def writable_path(path: Path, folder: bool | None = None) -> Path:
     """Fail early (before model work) when the output location cannot be written. Nothing is
     created: the nearest existing folder must accept a new file (tried, then removed)."""
