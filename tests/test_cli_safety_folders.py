@@ -347,3 +347,59 @@ def test_train_monitor_on_a_full_disk_is_one_line_and_keeps_the_old_monitor(smal
     assert str(small_disk / "mon") in err and "space" in err.lower(), err
     assert tree_hash(small_disk) == before
     assert load_monitor(small_disk / "mon")[0].threshold == 1.0
+
+
+# ------------------------------------------------------------------ KVSTATE_CACHE (item 15)
+
+def _mount(where: Path, options: str) -> None:
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a tmpfs here ({e})")
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+
+
+@pytest.fixture(params=["file", "read-only", "empty, no network"])
+def bad_cache(request, tmp_path, monkeypatch):
+    """KVSTATE_CACHE as a file, on a read-only file system, or empty with PyPI unreachable."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no network: pip finds nothing, fast, for every case
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    if request.param == "file":
+        cache.write_text("not a folder\n")
+    else:
+        cache.mkdir()
+    if request.param == "read-only":
+        _mount(cache, "ro,size=64k")
+    monkeypatch.setenv("KVSTATE_CACHE", str(cache))
+    try:
+        yield cache
+    finally:
+        if request.param == "read-only":
+            subprocess.run(["umount", "-l", str(cache)], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("cmd", ["models list", "data show jailbreak", "score", "extract"])
+def test_a_bad_cache_ends_in_one_line(root, bad_cache, tmp_path, cmd):
+    from kvstate.deploy import Detector
+
+    det = Detector.load(root / "det")
+    det.model = "smollm2-135m"  # a registered model, not built in this cache
+    det.save(tmp_path / "det")
+    args = {"models list": ["models", "list"], "data show jailbreak": ["data", "show", "jailbreak"],
+            "score": ["score", str(root / "p.jsonl"), "-d", str(tmp_path / "det"), "-o", str(tmp_path / "o.csv")],
+            "extract": ["extract", "hi", "-o", str(tmp_path / "o.safetensors")]}[cmd]
+    before = tree_hash(tmp_path)
+    res = runner.invoke(app, args)
+    assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit)), \
+        repr(res.exception)
+    if cmd == "models list" and bad_cache.is_dir():
+        assert res.exit_code == 0 and "smollm2-135m" in res.stdout  # nothing to write: the table, all "no"
+    else:
+        errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.exit_code == 2 and len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0], res.stderr
+        assert "KVSTATE_CACHE" in errors[0] or "cache" in errors[0] or "Read-only" in errors[0], errors[0]
+    after = tree_hash(tmp_path)  # every file that was there is unchanged (an empty cache may gain empty folders)
+    assert {k: after.get(k) for k in before} == before
+    assert all(v == "dir" for k, v in after.items() if k not in before), {k: v for k, v in after.items() if k not in before}

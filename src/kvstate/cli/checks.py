@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .._paths import CacheError
+
 try:  # typer >= 0.24 carries its own copy of click
     from typer._click import exceptions as _click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -34,6 +36,10 @@ class OneLineErrors(typer.core.TyperGroup):
         except typer.Abort:
             err.print("[bold red]error:[/] aborted")
             sys.exit(1)
+        except (CacheError, OSError) as e:  # the environment (cache, disk, permissions), not the input: one line too
+            what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else first_line(e)
+            err.print(f"[bold red]error:[/] {escape(what)}")
+            sys.exit(2)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
