@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,74 @@ def test_a_bad_cache_ends_in_one_line(root, bad_cache, tmp_path, cmd):
     after = tree_hash(tmp_path)  # every file that was there is unchanged (an empty cache may gain empty folders)
     assert {k: after.get(k) for k in before} == before
     assert all(v == "dir" for k, v in after.items() if k not in before), {k: v for k, v in after.items() if k not in before}
+
+
+# ------------------------------------------------------------------ kvstate serve and SIGTERM (item 17)
+
+def _health(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_serve_stopped_by_sigterm_leaves_no_process(tmp_path):
+    """systemd and Kubernetes stop a service with SIGTERM: Ray must shut down whole, as on Ctrl-C
+    (it left DashboardAgent and RuntimeEnvAgent running, orphaned). Loopback only, bounded in time."""
+    pytest.importorskip("ray.serve", reason="serving is optional: pip install 'kvstate[serve]'")
+    import signal
+    import socket
+    import time
+
+    import psutil
+
+    from kvstate.detect import get_detector
+    from kvstate.monitor import MonitorSpec, save_monitor
+    from kvstate.representations import RepresentationSettings
+
+    model = tiny_model_folder(tmp_path / "m")
+    spec = MonitorSpec("kv-elu-S/n-hn", [0, 1], {"name": "elu"}, RepresentationSettings(layers=(0, 1), max_dim=32).to_dict(),
+                       threshold=5.0, fpr=0.01, model="m")
+    save_monitor(tmp_path / "mon", spec, get_detector("mahalanobis").fit(np.random.default_rng(0).normal(size=(200, 32))))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "kvstate", "serve", "-d", str(tmp_path / "mon"), "-m", str(model),
+                             "--host", "127.0.0.1", "--port", str(port), "--cpus-per-replica", "0.5"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    server = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while not _health(port):
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the server did not come up in 240 s"
+            time.sleep(1)
+        for p in server.children(recursive=True):
+            seen[p.pid] = p
+        names = {p.name() for p in seen.values() if p.is_running()}
+        assert len(seen) >= 2, names  # Ray's own processes (gcs_server, raylet, agents, workers) run beside it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) is not None
+        deadline = time.monotonic() + 30
+        alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        while alive and time.monotonic() < deadline:
+            time.sleep(1)
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [(p.pid, p.name(), " ".join(p.cmdline())[:120]) for p in alive]
+        assert "Traceback" not in (tmp_path / "serve.log").read_text(errors="replace")
+    finally:  # whatever the outcome: end the server and every process it started, one by one
+        for p in [server, *seen.values()]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        proc.wait(timeout=30)
+        log.close()

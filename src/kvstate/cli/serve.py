@@ -66,8 +66,17 @@ def serve(
     if stop and spec.threshold is None:
         console.print("[yellow]note:[/] the monitor has no threshold: replies are scored but never flagged or stopped "
                       "(calibrate one with `kvstate train-monitor --fpr`)")
-    ray.init(address=address, include_dashboard=False)
+    import signal
+
+    def stop_on_sigterm(signum, frame):  # systemd, Kubernetes, supervisors stop a service with SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        ray.init(address=address, include_dashboard=False)
+        # after ray.init, which installs its own SIGTERM handler (it logs and dies, leaving its agents running):
+        # SIGTERM now takes the Ctrl-C path, so Ray shuts down whole
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
         run_server(application, host=host, port=port)
         console.print(f"[green]serving[/] http://{host}:{port}/v1 (chat/completions, models) and /health; Ctrl-C stops")
         import time
@@ -77,5 +86,10 @@ def serve(
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
-        ray_serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        try:
+            if ray.is_initialized():
+                ray_serve.shutdown()
+                ray.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
