@@ -475,3 +475,20 @@ def test_serve_stopped_by_sigterm_leaves_no_process(tmp_path):
                 pass
         proc.wait(timeout=30)
         log.close()
+
+
+# ------------------------------------------------------------------ the demo evaluates what it runs (item 19)
+
+def test_the_quick_study_takes_every_sysprompt_group():
+    """`make demo` skipped sysprompt ("labels 0/1 occur in 2/7 groups"): 84 items held 7 of its 20
+    groups, and the default model keeps its rule only in some (a forbidden word, a secret code)."""
+    from kvstate.data import load_suite
+    from kvstate.study import StudyConfig
+
+    cfg = StudyConfig.quick()
+    sys_groups = {it.group for it in load_suite("sysprompt", limit=cfg.limit_of("sysprompt"), seed=cfg.seed).items}
+    assert len(sys_groups) == 20 and sum(g.startswith("sys-forbidden_word") for g in sys_groups) == 4
+    assert cfg.limit_of("jailbreak") == cfg.limit == 84  # the other suites stay small
+    assert StudyConfig.quick(limit=50).limit_of("sysprompt") == 50  # a user's --limit applies to every suite
+    with pytest.raises(ValueError, match="limits"):
+        StudyConfig(limits={"sysprompt": 0})

@@ -28,6 +28,7 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
     suites: list[str] = field(default_factory=lambda: ["jailbreak", "hallucination", "deception", "sysprompt"])
     limit: int | None = 200
+    limits: dict[str, int] = field(default_factory=dict)  # items per suite by name, overriding limit (whole groups)
     seed: int = 0
     layers: str = "upper3"
     phis: list[str] = field(default_factory=lambda: ["identity", "elu", "random", "taylor"])
@@ -75,6 +76,9 @@ class StudyConfig:
             if value is not None and value < low:
                 why = " (grouped cross-validation needs two folds)" if name == "n_splits" else ""
                 raise ValueError(f"{name} must be >= {low}{why}; got {value}")
+        for name, value in self.limits.items():
+            if value < 1:
+                raise ValueError(f"limits.{name} must be >= 1; got {value}")
         if not 0 < self.monitor_fpr < 1:
             raise ValueError(f"monitor_fpr must be between 0 and 1; got {self.monitor_fpr}")
         for name in ("models", "suites", "phis", "detectors"):
@@ -86,11 +90,25 @@ class StudyConfig:
         if unknown:
             raise ValueError(f"unknown detectors {unknown}. Available: {', '.join(sorted(DETECTORS))}")
 
+    def limit_of(self, suite: str) -> int | None:
+        """Items of ``suite`` (a name or file) the study loads: ``limits`` by its label, else ``limit``."""
+        from ..store import suite_label
+
+        return self.limits.get(suite_label(suite), self.limit)
+
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
-        """A small study that runs in minutes on 2 CPU cores with the default model."""
+        """A small study that runs in minutes on 2 CPU cores with the default model.
+
+        Every task it runs is evaluated: sysprompt's labels come from the model's replies, and the
+        default model keeps its rule in only some groups (a forbidden word, a secret code), so the
+        suite is taken whole (240 items, 20 groups) where 84 items (7 groups) held too few groups
+        with a kept rule for grouped CV. A ``limit`` given by the user applies to every suite.
+        """
         base = dict(suites=["jailbreak", "truefalse", "sysprompt"], limit=84, n_boot=200, n_splits=4,
                     phis=["identity", "elu", "random"], max_new_tokens=24, max_tokens=384, monitor_items=16)
+        if "limit" not in overrides:
+            base["limits"] = {"sysprompt": 240}
         return cls(**{**base, **overrides})
 
 
@@ -128,6 +146,8 @@ def _describe(tp) -> str:
     if origin is list:
         return "a list of strings, e.g. [\"a\", \"b\"]"
     if origin is dict:
+        if get_args(tp)[1] is int:
+            return "a table of integers, e.g. {sysprompt = 240}"
         return "a table of lists, e.g. {jailbreak = [\"jailbreak-pairs\"]}"
     if origin is Union or str(origin) == "<class 'types.UnionType'>":
         return " or ".join("null (left out)" if t is type(None) else _describe(t) for t in get_args(tp))
