@@ -200,10 +200,12 @@ def test_monitor_load_refuses_in_one_line(root, name):
 CLI = [*(["score", "{root}/p.jsonl", "-d", f"{{root}}/det-{n}", "-m", "{root}/m", "-o", "{root}/o.csv"] for n in DETECTOR_JSON),
        *(["score", "{root}/p.jsonl", "-d", f"{{root}}/est-{n}", "-m", "{root}/m", "-o", "{root}/o.csv"] for n in ESTIMATOR),
        *(["monitor", "hi", "-d", f"{{root}}/mon-{n}", "-m", "{root}/m"] for n in MONITOR_JSON),
-       *(["monitor", "hi", "-d", f"{{root}}/det-{n}", "-m", "{root}/m", "--stop"] for n in ("threshold NaN", "settings string"))]
+       *(["monitor", "hi", "-d", f"{{root}}/det-{n}", "-m", "{root}/m", "--stop"] for n in ("threshold NaN", "settings string")),
+       *(["serve", "-d", f"{{root}}/{n}", "-m", "{root}/m", "--port", "1"]
+         for n in ("det-threshold list", "est-NaN weight", "mon-unknown phi", "mon-layers out of range"))]
 
 
-@pytest.mark.parametrize("args", CLI, ids=[" ".join(a[:1] + a[3:4]).replace("{root}/", "") for a in CLI])
+@pytest.mark.parametrize("args", CLI, ids=[" ".join([a[0], a[a.index("-d") + 1]]).replace("{root}/", "") for a in CLI])
 def test_cli_refuses_bad_folders_before_the_model(root, no_model, args):
     before = tree_hash(root)
     res = runner.invoke(app, [a.format(root=root) for a in args])
