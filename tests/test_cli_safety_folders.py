@@ -494,3 +494,26 @@ def test_the_quick_study_takes_every_sysprompt_group():
     assert StudyConfig.quick(limit=50).limit_of("sysprompt") == 50  # a user's --limit applies to every suite
     with pytest.raises(ValueError, match="limits"):
         StudyConfig(limits={"sysprompt": 0})
+
+
+def test_a_monitor_folder_with_a_learned_phi_travels_too(tmp_path, monkeypatch):
+    from kvstate.detect import get_detector
+    from kvstate.monitor import load_monitor, save_monitor, spec_from_parts
+    from kvstate.representations import RepresentationSettings
+    from kvstate.state import get_phi
+    from kvstate.state.learned import train_learned_phi
+
+    lm = tiny_model("llama")
+    monkeypatch.chdir(tmp_path)
+    rel = train_learned_phi(lm, ["a b c", "hello there"], [0, 1], n_features=8, steps=3).save(Path("runs/s/phi/m.safetensors"))
+    settings = RepresentationSettings(layers=(0, 1), phis=(f"learned:{rel}",), sweep=False)
+    spec = spec_from_parts("kv-learned-S/n@end", settings, threshold=1.0, fpr=0.01, model="m")
+    save_monitor("mon", spec, get_detector("mahalanobis").fit(np.random.default_rng(0).normal(size=(20, 4))))
+    shutil.copytree("mon", tmp_path / "far" / "mon")
+    shutil.rmtree("runs")
+    shutil.rmtree("mon")
+    monkeypatch.chdir(tmp_path / "far")
+    loaded, _ = load_monitor("mon")
+    assert Path(loaded.phi["path"]) == (tmp_path / "far" / "mon" / "phi" / "m.safetensors").resolve()
+    assert get_phi(loaded.phi).layers == [0, 1]
+    assert RepresentationSettings.from_dict(loaded.settings).feature_map("learned").layers == [0, 1]
