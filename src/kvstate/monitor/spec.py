@@ -47,7 +47,8 @@ def save_monitor(path: str | Path, spec: MonitorSpec, detector) -> Path:
     doc = asdict(spec)
     doc["settings"] = bundle(spec.settings, path)
     if doc["phi"].get("name") == "learned" and doc["phi"].get("path"):
-        doc["phi"] = {**doc["phi"], "path": bundle({"phis": ["learned:" + doc["phi"]["path"]]}, path)["phis"][0][8:]}
+        carried = bundle({"phis": [f"learned:{doc['phi']['path']}"]}, path)["phis"][0]
+        doc["phi"] = {**doc["phi"], "path": carried.removeprefix("learned:")}
     save_detector(detector, path / "detector.safetensors")
     write_json(path / "monitor.json", doc)
     return path
@@ -118,5 +119,5 @@ def _checked(doc: dict, path: Path) -> dict:
     check_settings_types(doc["settings"], "settings")
     phi = dict(doc["phi"])
     if phi.get("name") == "learned" and isinstance(phi.get("path"), str):
-        phi["path"] = resolve({"phis": ["learned:" + phi["path"]]}, path, where)["phis"][0][len("learned:"):]
+        phi["path"] = resolve({"phis": [f"learned:{phi['path']}"]}, path, where)["phis"][0].removeprefix("learned:")
     return {**doc, "phi": phi, "settings": resolve(doc["settings"], path, where)}
