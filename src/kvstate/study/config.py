@@ -8,7 +8,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from .._options import Projection, check_option
 from ..detect import DETECTORS
 from ..monitor.aggregate import Aggregate
-from ..representations import RepresentationSettings
+from ..representations import RepName, RepresentationSettings, parse_kv_name
 
 __all__ = ["CORE", "EVALUATION_SETTINGS", "LENGTH_MATCHED_FOR", "SUPERVISED", "UNSUPERVISED", "Engine", "StudyConfig"]
 
@@ -28,6 +28,7 @@ class StudyConfig:
     models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
     suites: list[str] = field(default_factory=lambda: ["jailbreak", "hallucination", "deception", "sysprompt"])
     limit: int | None = 200
+    limits: dict[str, int] = field(default_factory=dict)  # items per suite by name, overriding limit (whole groups)
     seed: int = 0
     layers: str = "upper3"
     phis: list[str] = field(default_factory=lambda: ["identity", "elu", "random", "taylor"])
@@ -75,6 +76,9 @@ class StudyConfig:
             if value is not None and value < low:
                 why = " (grouped cross-validation needs two folds)" if name == "n_splits" else ""
                 raise ValueError(f"{name} must be >= {low}{why}; got {value}")
+        for name, value in self.limits.items():
+            if value < 1:
+                raise ValueError(f"limits.{name} must be >= 1; got {value}")
         if not 0 < self.monitor_fpr < 1:
             raise ValueError(f"monitor_fpr must be between 0 and 1; got {self.monitor_fpr}")
         for name in ("models", "suites", "phis", "detectors"):
@@ -86,11 +90,25 @@ class StudyConfig:
         if unknown:
             raise ValueError(f"unknown detectors {unknown}. Available: {', '.join(sorted(DETECTORS))}")
 
+    def limit_of(self, suite: str) -> int | None:
+        """Items of ``suite`` (a name or file) the study loads: ``limits`` by its label, else ``limit``."""
+        from ..store import suite_label
+
+        return self.limits.get(suite_label(suite), self.limit)
+
     @classmethod
     def quick(cls, **overrides) -> "StudyConfig":
-        """A small study that runs in minutes on 2 CPU cores with the default model."""
+        """A small study that runs in minutes on 2 CPU cores with the default model.
+
+        Every task it runs is evaluated: sysprompt's labels come from the model's replies, and the
+        default model keeps its rule in only some groups (a forbidden word, a secret code), so the
+        suite is taken whole (240 items, 20 groups) where 84 items (7 groups) held too few groups
+        with a kept rule for grouped CV. A ``limit`` given by the user applies to every suite.
+        """
         base = dict(suites=["jailbreak", "truefalse", "sysprompt"], limit=84, n_boot=200, n_splits=4,
                     phis=["identity", "elu", "random"], max_new_tokens=24, max_tokens=384, monitor_items=16)
+        if "limit" not in overrides:
+            base["limits"] = {"sysprompt": 240}
         return cls(**{**base, **overrides})
 
 
@@ -128,6 +146,8 @@ def _describe(tp) -> str:
     if origin is list:
         return "a list of strings, e.g. [\"a\", \"b\"]"
     if origin is dict:
+        if get_args(tp)[1] is int:
+            return "a table of integers, e.g. {sysprompt = 240}"
         return "a table of lists, e.g. {jailbreak = [\"jailbreak-pairs\"]}"
     if origin is Union or str(origin) == "<class 'types.UnionType'>":
         return " or ".join("null (left out)" if t is type(None) else _describe(t) for t in get_args(tp))
@@ -142,6 +162,43 @@ def check_types(cfg) -> None:
         if not _matches(value, hints[f.name]):
             got = "a string" if isinstance(value, str) else type(value).__name__
             raise ValueError(f"{f.name} must be {_describe(hints[f.name])}; got {got} {value!r}")
+
+
+def check_monitor(cfg: StudyConfig, labels: list[str]) -> None:
+    """The monitor settings name what the study records (one-line ``ValueError``, before any work).
+
+    ``monitor_suites`` may name registered suites the study does not run (the default names
+    jailbreak and sysprompt whatever ``suites`` says), but not an unknown name (a typo), and when
+    monitors are on at least one of them must be run; ``monitor_representation`` must be a kv
+    read-out (``kv-<phi>-<kind>@<read>``) of a recorded feature map at a recorded read point.
+    """
+    from ..data import SUITES
+    from ..state import get_phi, key_name
+
+    if not cfg.monitor_suites or cfg.monitor_items == 0:
+        return
+    unknown = [s for s in cfg.monitor_suites if s not in labels and s not in SUITES]
+    if unknown:
+        raise ValueError(f"monitor_suites names {unknown}, not a suite the study runs ({', '.join(labels)}) "
+                         "nor a registered one; fix the name, or set monitor_suites = [] for no monitor")
+    if not set(cfg.monitor_suites) & set(labels):
+        if cfg.monitor_suites == StudyConfig().monitor_suites:
+            return  # the default, and the study runs neither: no monitor, as asked for by leaving it out
+        raise ValueError(f"monitor_suites {cfg.monitor_suites} names no suite the study runs ({', '.join(labels)}); "
+                         "name one of them, or set monitor_suites = [] (or monitor_items = 0) for no monitor")
+    rep = cfg.monitor_representation
+    try:
+        phi, _ = parse_kv_name(rep)
+        read = RepName.parse(rep).read
+    except ValueError as e:
+        raise ValueError(f"monitor_representation: {str(e).splitlines()[0]}") from None
+    recorded = [key_name(get_phi(p)) for p in cfg.phis] + (["learned"] if cfg.learned_phi else [])
+    if phi not in recorded:
+        raise ValueError(f"monitor_representation {rep!r}: feature map {phi!r} is not recorded; "
+                         f"the study records {', '.join(recorded)}")
+    if read not in ("end", "prompt_end"):
+        raise ValueError(f"monitor_representation {rep!r} must end in @end or @prompt_end (the read points a study "
+                         "records), e.g. kv-elu-S/n-hn@end")
 
 
 #: settings :func:`kvstate.study.evaluate_study` may change: they act on stored vectors only

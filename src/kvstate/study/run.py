@@ -30,7 +30,7 @@ from ..representations import RepresentationSettings
 from ..state import get_phi
 from ..store import Store, StudyLayout, item_content, suite_label
 from .capture import capture_suite
-from .config import EVALUATION_SETTINGS, StudyConfig
+from .config import EVALUATION_SETTINGS, StudyConfig, check_monitor
 from .evaluate import TooFewGroups, best, check_groups, evaluate_task
 from .fidelity import learned_phi, phi_fidelity, reference_query_file
 from .generate import fit_context, replies
@@ -64,7 +64,7 @@ def validate_study(cfg: StudyConfig) -> dict:
                         raise ValueError(f"{what}: {e} ({m})") from None
     suites = {}
     for name in cfg.suites:
-        suite = load_suite(name, limit=cfg.limit, seed=cfg.seed)
+        suite = load_suite(name, limit=cfg.limit_of(name), seed=cfg.seed)
         label = suite_label(name)
         groups = np.array([it.group for it in suite.items])
         fix = "use more items (a higher or no --limit) or more groups, or fewer n_splits"
@@ -78,6 +78,7 @@ def validate_study(cfg: StudyConfig) -> dict:
                 raise ValueError(f"suite {label}: {e}; {fix}") from None
         suites[label] = suite
     check_transfer(cfg)
+    check_monitor(cfg, list(suites))
     return suites
 
 
@@ -171,7 +172,7 @@ def check_transfer(cfg: StudyConfig) -> None:
         if isinstance(tests, str) or not tests:
             raise ValueError(f"transfer: {train!r} needs a list of test suites, e.g. {train} = [\"my_test.jsonl\"]")
         for t in tests:
-            load_suite(t, limit=cfg.limit, seed=cfg.seed)
+            load_suite(t, limit=cfg.limit_of(t), seed=cfg.seed)
     if cfg.transfer and cfg.calibration_suite:
         load_suite(cfg.calibration_suite, limit=cfg.calibration_items, seed=cfg.seed)
     if not 0 < cfg.transfer_fpr < 1:
@@ -223,7 +224,7 @@ def run_heldout(model: str, per_suite: dict[str, SuiteData | None], tasks: dict,
         train_data = per_suite[suite_label(train)]
         for test_name in tests:
             label = suite_label(test_name)
-            test = get(label, load_suite(test_name, limit=cfg.limit, seed=cfg.seed), False)
+            test = get(label, load_suite(test_name, limit=cfg.limit_of(test_name), seed=cfg.seed), False)
             if test is None:
                 continue
             key = f"{model}/{suite_label(train)} -> {label}"
@@ -287,7 +288,7 @@ def evaluate_study(out: Path, command: str = "", **overrides) -> dict:
         if not layout.has_store(model, label):
             raise ValueError(f"{layout.store(model, label)}: the store of {key} is missing; "
                              f"re-run `kvstate study -o {out}` to rebuild it")
-        data = stored_suite(layout, model, label, load_suite(sources[label], limit=cfg.limit, seed=cfg.seed))
+        data = stored_suite(layout, model, label, load_suite(sources[label], limit=cfg.limit_of(sources[label]), seed=cfg.seed))
         new = evaluate_task(data, cfg)
         new.update({k: task[k] for k in ("model", "suite", "description", "layers") if k in task},
                    seconds=round(time.perf_counter() - t0, 1))

@@ -49,7 +49,7 @@ def train_monitor(out: Path, model: str, suite: str, representation: str = "kv-e
         results = read_json(layout.results, "study results file") if layout.results.exists() else {}
         cfg = StudyConfig(**((results.get("meta") or {}).get("config") or {}))
         source = {suite_label(n): n for n in cfg.suites}.get(suite, suite)
-        by_id = {it.id: it for it in load_suite(source, limit=cfg.limit, seed=cfg.seed).items}
+        by_id = {it.id: it for it in load_suite(source, limit=cfg.limit_of(source), seed=cfg.seed).items}
         prompts = [{"messages": by_id[i].messages} for i in index["id"][~fit & (y == 0)]]
         lm = load_model(model, dtype=store.settings.get("dtype", "float32"))
         Monitor(lm, spec, det).calibrate(prompts, fpr=fpr, max_new_tokens=max_new_tokens)
