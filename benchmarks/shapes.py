@@ -253,6 +253,22 @@ def summary(res: dict) -> str:
     return "\n".join(lines)
 
 
+def render(res: dict) -> str:
+    """The run as markdown: the summary table and its absolute numbers."""
+    lines = [f"# Big-model shapes, random weights (issue 29): {res['device_name']}, {res['dtype']}, scale {res['scale']}", "",
+             f"Command: `{res['command']}`  ", f"Started {res['started']}, load average at start {res['loadavg_start']}, "
+             f"at end {res.get('loadavg_end')}; torch {res['torch']}, {res['threads']} CPU threads; {res['rounds']} "
+             f"interleaved rounds; prompts of {res['prompt_tokens']} tokens, {res['new_tokens']} new tokens.", "",
+             "Ratios: kvstate / plain model, median of per-round ratios (capture: `extract` vs a forward; study: "
+             "`capture_representations` vs a forward with hidden states; monitor: `Monitor.generate` vs `generate`).", "",
+             "```", summary(res), "```", "", "| shape | batch | plain ms/token | monitor ms/token | ratio |", "|---|---|---|---|---|"]
+    for s in res["shapes"]:
+        for b, v in s.get("monitor", {}).get("batches", {}).items():
+            lines.append(f"| {s['shape']} | {b} | {v['plain_generate']['per_token_ms']:.2f} | "
+                         f"{v['monitor']['per_token_ms']:.2f} | {v['monitor']['ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -304,6 +320,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
         res["loadavg_end"] = os.getloadavg()
         path.write_text(json.dumps(res, indent=1) + "\n")  # after every shape: a killed run keeps what it measured
+    path.with_suffix(".md").write_text(render(res))
     print(summary(res))
     print(f"wrote {path}")
     return 0
