@@ -156,9 +156,8 @@ class Monitor:
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Current S (B, L, H, f, e), z (B, L, H, f), n (B, L) over the monitored layers."""
         L = self.spec.layers
-        S = torch.stack([self.states[l].S for l in L], 1)
-        z = torch.stack([self.states[l].z for l in L], 1)
-        n = torch.stack([self.states[l].n for l in L], 1)
+        dev = self.states[L[0]].S.device  # under a device_map the layers' states sit on their layers' devices
+        S, z, n = (torch.stack([getattr(self.states[l], x).to(dev) for l in L], 1) for x in ("S", "z", "n"))
         return S, z, n
 
     def features(self) -> np.ndarray:
