@@ -62,7 +62,8 @@ PROMPTS = ["Write a short story about a lighthouse keeper who finds a message in
 VARIANTS = ["folded_upper3", "folded_upper3_full", "dense_upper3", "folded_all", "compressed_upper3"]
 
 
-def bench_model(model: str, batches: list[int], tokens: int, rounds: int, variants: list[str] = VARIANTS) -> dict:
+def bench_model(model: str, batches: list[int], tokens: int, rounds: int, variants: list[str] = VARIANTS,
+                done=None) -> dict:
     import kvstate
     from kvstate.capture import check_layers, encode_all, make_batch
     from kvstate.monitor import Monitor
@@ -118,6 +119,8 @@ def bench_model(model: str, batches: list[int], tokens: int, rounds: int, varian
                  for k, (mon, _) in monitors.items() if k in ("folded_upper3", "compressed_upper3")}
         out["batches"][str(B)] = {"prompt_tokens": int(batch.input_ids.shape[1]), "methods": res,
                                   "folded_vs_dense_max_rel_diff": agree, "breakdown_ms_per_token": parts}
+        if done is not None:  # write what is measured so far (a long run on a busy machine may be cut short)
+            done(out)
     return out
 
 
@@ -164,12 +167,18 @@ def main(argv=None) -> int:
     res = {"command": "python " + " ".join(shlex.quote(x) for x in ["benchmarks/monitor_overhead.py", *sys.argv[1:]]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(), "machine": machine_info(),
            "rounds": a.rounds, "models": []}
-    for model in a.models:
-        res["models"].append(bench_model(model, a.batches, a.tokens, a.rounds, a.variants))
-    res["loadavg_end"] = os.getloadavg()
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1, default=float) + "\n")
-    a.out.with_suffix(".md").write_text(render(res))
+
+    def write(partial=None):
+        res["loadavg_end"] = os.getloadavg()
+        done = res["models"] + ([partial] if partial is not None else [])
+        full = {**res, "models": done}
+        a.out.write_text(json.dumps(full, indent=1, default=float) + "\n")
+        a.out.with_suffix(".md").write_text(render(full))
+
+    for model in a.models:
+        res["models"].append(bench_model(model, a.batches, a.tokens, a.rounds, a.variants, done=write))
+    write()
     print(render(res))
     return 0
 
