@@ -432,13 +432,14 @@ def monitor_breakdown(mon, prompts, new: int) -> dict:
             finally:
                 acc[slot] += time.perf_counter() - t
         return g
-    orig = (mon._listen, mon.score, mon.features)
-    mon._listen, mon.score, mon.features = wrap(orig[0], "listen_s"), wrap(orig[1], "score_s"), wrap(orig[2], "features_s")
+    orig = (mon._listen, mon._score_tensor, mon.features)  # _score_tensor: what each step calls (score() wraps it)
+    mon._listen, mon._score_tensor, mon.features = (wrap(orig[0], "listen_s"), wrap(orig[1], "score_s"),
+                                                    wrap(orig[2], "features_s"))
     t = time.perf_counter()
     try:
         mon.generate(prompts, max_new_tokens=new, min_new_tokens=new)
     finally:
-        mon._listen, mon.score, mon.features = orig
+        mon._listen, mon._score_tensor, mon.features = orig
     total = time.perf_counter() - t
     return {"total_s": total, **acc, "detector_only_s": acc["score_s"] - acc["features_s"]}
 

@@ -110,3 +110,29 @@ PROMPTS = [
     {"messages": [{"role": "user", "content": "Name a colour"}], "response": "Blue, like the sea."},
     "Tell me a story about a cat who learned to read the newspaper",
 ]
+
+
+# -- devices (issue 29): the reference tests run on every device the machine has ----------------------
+NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False): the cuda cases run on a GPU machine, " \
+          "e.g. benchmarks/device_check.sh"
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """``cpu`` always; ``cuda`` where ``torch.cuda.is_available()`` (skipped with the reason elsewhere)."""
+    return request.param
+
+
+@lru_cache(maxsize=None)
+def tiny_model_on(arch: str, device: str, dtype: str = "float32"):
+    """:func:`tiny_model` with its weights copied to ``device`` in ``dtype`` (the fp32 cpu one is shared)."""
+    import copy
+
+    from kvstate.models import from_hf
+
+    base = tiny_model(arch)
+    if device == "cpu" and dtype == "float32":
+        return base
+    model = copy.deepcopy(base.model).to(device=device, dtype=getattr(torch, dtype))
+    return from_hf(model, byte_tokenizer(), name=f"tiny-{arch}")

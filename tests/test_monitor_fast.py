@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from kvstate.capture import encode_all, make_batch
 from kvstate.detect import get_detector
 from kvstate.monitor import Monitor, MonitorSpec
 from kvstate.monitor.fold import affine_form
@@ -131,3 +132,34 @@ def test_reducer_adjoint_is_the_transposed_projection(projection):
     np.testing.assert_array_equal(red.adjoint(w[:20], 20), w[:20])  # narrow vectors are not projected
     with pytest.raises(ValueError, match="w must have shape"):
         red.adjoint(w, 20)
+
+
+def test_lean_generate_changes_no_score():
+    """Issue 29: a batch encoded once (Monitor.encode) and final_state=False (no extra forward of the last
+    token) give the same sequences and scores; only the state then lacks the last token."""
+    lm = tiny_model("llama")
+    spec = _spec(lm, "kv-elu-S/n", 64)
+    det = _fitted(lm, spec, "logistic")
+    full = Monitor(lm, spec, det)
+    res = full.generate(PROMPTS, max_new_tokens=5, min_new_tokens=5)
+    lean = Monitor(lm, spec, det)
+    batch = lean.encode(PROMPTS)
+    res2 = lean.generate(batch, max_new_tokens=5, min_new_tokens=5, final_state=False)
+    np.testing.assert_array_equal(res.sequences, res2.sequences)
+    np.testing.assert_array_equal(res.scores, res2.scores)
+    assert (full.state()[2] - lean.state()[2] == 1).all()  # n: one token fewer without the extra forward
+    with pytest.raises(ValueError, match="Monitor.encode"):
+        lean.generate(make_batch(encode_all(lm, PROMPTS), ["prompt_end", "end"], "all", 0, 257, "left"))
+
+
+def test_capture_restricted_to_layers_calls_only_those():
+    import torch
+
+    from kvstate.capture import KVCapture
+
+    lm = tiny_model("gemma3")
+    seen = []
+    with torch.inference_mode(), KVCapture(lm.model, lambda c: seen.append((c.layer, c.position_embeddings is None)),
+                                           layers=[1], positions=False):
+        lm.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert seen == [(1, True)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -159,11 +159,26 @@ class KVCapture:
     The model's attention implementation is switched to the kvstate wrapper on entry and restored
     on exit (the model is otherwise untouched). Listeners must not keep per-token tensors if
     memory matters: reduce them (see :mod:`kvstate.state`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    listener : callable
+        ``listener(call)`` for each attention call.
+    layers : sequence of int or None, default=None
+        Only these layers' calls reach the listener (None: all); the others pass straight through,
+        which keeps Python work per decoding step to the layers a monitor reads.
+    positions : bool, default=True
+        Remember each layer's rotary embeddings (a forward pre-hook per attention module) so that
+        ``call.new_keys("pre")`` can un-rotate; False skips the hooks when only post-RoPE keys are read.
     """
 
-    def __init__(self, model: torch.nn.Module, listener: Callable[[AttentionCall], None]):
+    def __init__(self, model: torch.nn.Module, listener: Callable[[AttentionCall], None],
+                 layers: Sequence[int] | None = None, positions: bool = True):
         self.model = model
         self.listener = listener
+        self.layers = layers
+        self.positions = positions
 
     def __enter__(self) -> "KVCapture":
         check_supported(self.model)
@@ -171,12 +186,13 @@ class KVCapture:
         inner = self._previous.removeprefix(PREFIX) if self._previous else "sdpa"
         self.model.set_attn_implementation(register(inner))
         self._positions: dict[int, tuple] = {}
-        self._module_ids = {id(m) for m in self.model.modules()}
-        self._hooks = [
-            m.register_forward_pre_hook(self._remember_positions, with_kwargs=True)
-            for m in self.model.modules()
-            if getattr(m, "layer_idx", None) is not None
-        ]
+        wanted = None if self.layers is None else {int(x) for x in self.layers}
+        attention = [m for m in self.model.modules() if getattr(m, "layer_idx", None) is not None
+                     and (wanted is None or int(m.layer_idx) in wanted)]
+        # the modules whose calls are recorded: this model's (not another model's run inside the context)
+        self._module_ids = {id(m) for m in attention} if wanted is not None else {id(m) for m in self.model.modules()}
+        self._hooks = [m.register_forward_pre_hook(self._remember_positions, with_kwargs=True)
+                       for m in attention] if self.positions else []
         self._token = _ACTIVE.set(self)
         return self
 

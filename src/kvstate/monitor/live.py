@@ -18,7 +18,7 @@ import torch
 from sklearn.base import BaseEstimator
 
 from .._options import Span, check_option
-from ..capture import AttentionCall, KVCapture, encode_all, input_device, make_batch
+from ..capture import AttentionCall, Batch, KVCapture, encode_all, input_device, make_batch
 from ..deploy import Detector
 from ..detect import threshold_for_fpr
 from ..models import LoadedModel
@@ -115,16 +115,18 @@ class Monitor:
         return cls(lm, spec_from_detector(detector), detector.estimator, **kwargs)
 
     # -- state ------------------------------------------------------------------------------
-    def _reset(self, prompt_weights: torch.Tensor) -> None:
+    def _reset(self, prompt_weights: torch.Tensor, device: torch.device | str = "cpu") -> None:
         # the spec's parsed forms, once per generate (not per layer call or step)
         self._rope, self._kind = self.spec.rope, parse_kv_name(self.spec.representation)[1]
         self._settings = RepresentationSettings.from_dict(self.spec.settings)
         phi = get_phi(self.spec.phi)
         gamma = decay_of(self._kind)  # a decayed read-out keeps a decayed state
         self.states = {l: RecurrentState(for_layer(phi, l), gamma) for l in self.spec.layers}  # learned maps: per layer
-        self._prompt_weights = prompt_weights  # (B, T_prompt)
-        self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool)  # row still generating
+        # everything a step touches lives on the model's input device: no host round trip per layer call
+        self._prompt_weights = prompt_weights.to(device)  # (B, T_prompt)
+        self._alive = torch.ones(prompt_weights.shape[0], dtype=torch.bool, device=device)  # row still generating
         self._count = self._alive.clone()  # rows whose last appended token is real (enters the state next)
+        self._step_weights = self._count.float()[:, None]  # (B, 1): the weight of each row's next token
         self._step_scores: list[np.ndarray] = []
         self._step_aggs: list[np.ndarray] = []
         self._step_alive: list[np.ndarray] = []
@@ -132,7 +134,8 @@ class Monitor:
         self._stopped: list[int | None] = [None] * prompt_weights.shape[0]
         self._head_dim = None
         eos = self.lm.model.generation_config.eos_token_id  # read once per generate, not every step
-        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        eos = sorted(set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []))
+        self._eos = torch.tensor(eos, dtype=torch.long, device=device)
 
     def _listen(self, call: AttentionCall) -> None:
         if call.layer not in self.states:
@@ -141,21 +144,20 @@ class Monitor:
         if call.q_len == self._prompt_weights.shape[1] and self.states[call.layer].S is None:
             w = self._prompt_weights
         else:  # one new token per row; finished rows keep receiving padding, which must not count
-            w = self._count.float()[:, None].expand(-1, call.q_len)
+            w = self._step_weights.expand(-1, call.q_len)
         self._head_dim = k.shape[-1]
         state = self.states[call.layer]
         if self._kind == COMPRESSED and state.project is None:  # keep A S B^T itself: O((a + b) d) per token
             a, b = self._settings.compress
             state.project = compression_matrices(k.shape[1], state.phi.dim(k.shape[-1]), v.shape[-1], a, b,
                                                  self._settings.seed, device=k.device)
-        state.update(k, v, w.to(k.device))
+        state.update(k, v, w if w.device == k.device else w.to(k.device))  # another device only under a device_map
 
     def state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Current S (B, L, H, f, e), z (B, L, H, f), n (B, L) over the monitored layers."""
         L = self.spec.layers
-        S = torch.stack([self.states[l].S for l in L], 1)
-        z = torch.stack([self.states[l].z for l in L], 1)
-        n = torch.stack([self.states[l].n for l in L], 1)
+        dev = self.states[L[0]].S.device  # under a device_map the layers' states sit on their layers' devices
+        S, z, n = (torch.stack([getattr(self.states[l], x).to(dev) for l in L], 1) for x in ("S", "z", "n"))
         return S, z, n
 
     def features(self) -> np.ndarray:
@@ -170,20 +172,24 @@ class Monitor:
 
     def score(self) -> np.ndarray:
         """The detector's score of the current state, (B,) (folded or dense, see ``scoring``)."""
+        return self._score_tensor().cpu().numpy()
+
+    def _score_tensor(self) -> torch.Tensor:
+        """(B,) float64 scores: on the state's device when folded, on the host when dense (the detector is numpy)."""
         if self.detector is None:
             raise ValueError("no detector: pass one (or load_monitor(path)) to score states")
         if not self.fold:
             self.scoring = "dense"
-            return np.asarray(self.detector.decision_function(self.features()), dtype=float)
+            return torch.from_numpy(np.asarray(self.detector.decision_function(self.features()), dtype=np.float64))
         f = self.readout()
         u, c = self._fold_for(f)
         if u is None:
             self.scoring = "dense"
             st = self._settings
-            x = st.reducer(self._kind)(np.ascontiguousarray(f.cpu().numpy()))
-            return np.asarray(self.detector.decision_function(x), dtype=float)
+            x = st.reducer(self._kind)(np.ascontiguousarray(f.cpu().numpy()))  # dense: the detector needs host rows
+            return torch.from_numpy(np.asarray(self.detector.decision_function(x), dtype=np.float64))
         self.scoring = "folded"
-        return (f.double() @ u).cpu().numpy() + c
+        return f.double() @ u + c
 
     def _fold_for(self, f: torch.Tensor) -> tuple[torch.Tensor | None, float]:
         """u (D,) float64 on f's device and c of the folded score, built once per detector and width; (None, nan): dense."""
@@ -204,25 +210,36 @@ class Monitor:
     def _step(self, input_ids: torch.Tensor) -> torch.Tensor:
         step = len(self._step_scores)
         scored = self.detector is not None and step % self.every == 0
-        s = self.score() if scored else np.full(input_ids.shape[0], np.nan)
+        # the one device-to-host copy per step: the (B,) scores and alive flags together (the aggregate,
+        # the threshold and the per-step record are numpy; generate() itself syncs once per step too)
+        if scored:
+            s_t = self._score_tensor()
+            host = torch.stack([s_t, self._alive.to(s_t.device, torch.float64)]).cpu().numpy()
+            s, alive = host[0], host[1] > 0
+        else:
+            s, alive = np.full(input_ids.shape[0], np.nan), self._alive.cpu().numpy().copy()  # .cpu() aliases on the host
         self._step_scores.append(s)
-        self._step_alive.append(self._alive.numpy().copy())
-        agg = self._agg.update(np.where(self._alive.numpy(), s, np.nan))  # a finished row's reply has ended
+        self._step_alive.append(alive)
+        agg = self._agg.update(np.where(alive, s, np.nan))  # a finished row's reply has ended
         self._step_aggs.append(agg)
-        flag = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        last = input_ids[:, -1]
+        done = torch.isin(last, self._eos.to(last.device))
+        flag = None
         if scored and self.spec.threshold is not None:
-            over = torch.from_numpy(np.nan_to_num(agg, nan=-np.inf) > self.spec.threshold) & self._alive
-            for i in torch.nonzero(over).flatten().tolist():
+            over = (np.nan_to_num(agg, nan=-np.inf) > self.spec.threshold) & alive
+            for i in np.flatnonzero(over).tolist():
                 if self._stopped[i] is None:
                     self._stopped[i] = step
             if self.stop:
-                flag = over
+                flag = torch.from_numpy(over).to(last.device)
+                done |= flag
         if self.on_step is not None:
-            self.on_step(step, input_ids[:, -1], s)
-        done = torch.tensor([int(t) in self._eos for t in input_ids[:, -1].tolist()]) | flag
+            self.on_step(step, last, s)
+        done = done.to(self._alive.device)
         self._count = self._alive.clone()  # the token just appended is real for rows that were generating
         self._alive &= ~done
-        return flag.to(input_ids.device)
+        self._step_weights = self._count.float()[:, None]
+        return flag if flag is not None else torch.zeros_like(last, dtype=torch.bool)
 
     def calibrate(self, prompts: Sequence[Any], *, fpr: float = 0.01, max_new_tokens: int = 64,
                   **generate_kwargs) -> float:
@@ -251,30 +268,53 @@ class Monitor:
         return self.spec.threshold
 
     # -- generation -------------------------------------------------------------------------
+    def encode(self, prompts: Sequence[Any], chat: bool | None = None) -> Batch:
+        """The left-padded batch :meth:`generate` runs, with this monitor's token selection.
+
+        Encode once and pass the batch to :meth:`generate` to keep tokenisation out of a timed or
+        repeated loop.
+        """
+        encoded = encode_all(self.lm, prompts, chat)
+        return make_batch(encoded, ["end"], self.span, self.skip_first, self.lm.tokenizer.pad_token_id, "left")
+
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Any], *, max_new_tokens: int = 64, chat: bool | None = None,
-                 **generate_kwargs) -> MonitorResult:
+    def generate(self, prompts: Sequence[Any] | Batch, *, max_new_tokens: int = 64, chat: bool | None = None,
+                 final_state: bool = True, **generate_kwargs) -> MonitorResult:
         """Generate (greedy unless ``do_sample=True`` is passed) while updating and scoring the state.
 
-        The last generated token is fed once more at the end so that the final state covers the
-        whole reply, exactly as :func:`kvstate.extract` on prompt + reply would.
+        Parameters
+        ----------
+        prompts : sequence of prompts, or a Batch from :meth:`encode`
+        max_new_tokens : int, default=64
+        chat : bool or None, default=None
+            Apply the chat template (None: when the tokenizer has one); ignored for a Batch.
+        final_state : bool, default=True
+            Feed the last generated token once more at the end so that :meth:`state` covers the whole
+            reply, exactly as :func:`kvstate.extract` on prompt + reply would (one more decode step).
+            False skips that forward: the scores are the same (every step scores the state before
+            its token), only :meth:`state` then lacks the last token.
         """
         from transformers import StoppingCriteriaList
 
         lm, tok = self.lm, self.lm.tokenizer
-        encoded = encode_all(lm, prompts, chat)
-        batch = make_batch(encoded, ["end"], self.span, self.skip_first, tok.pad_token_id, "left")
-        self._reset(batch.weights[:, 0])
+        if isinstance(prompts, Batch):
+            if prompts.reads != ["end"]:
+                raise ValueError(f"a Batch for generate reads ['end'], got {prompts.reads}; build it with Monitor.encode")
+            batch = prompts
+        else:
+            batch = self.encode(prompts, chat)
         device = input_device(lm.model)
+        self._reset(batch.weights[:, 0], device)
         kwargs = {"do_sample": False, **generate_kwargs}
-        with KVCapture(lm.model, self._listen):
+        # only the monitored layers call the listener; the rotary hooks only when the keys are un-rotated
+        with KVCapture(lm.model, self._listen, layers=self.spec.layers, positions=self._rope == "pre"):
             out = lm.model.generate(
                 input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                 max_new_tokens=max_new_tokens, stopping_criteria=StoppingCriteriaList([_Stop(self)]),
                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True, **kwargs)
             seq = out.sequences
             mask = torch.cat([batch.attention_mask.to(device), torch.ones_like(seq[:, batch.input_ids.shape[1]:])], 1)
-            if seq.shape[1] > batch.input_ids.shape[1]:  # feed the last token so the state covers it
+            if final_state and seq.shape[1] > batch.input_ids.shape[1]:  # feed the last token so the state covers it
                 lm.model(input_ids=seq[:, -1:], attention_mask=mask, cache=getattr(out, "cache", None) or out.past_key_values,
                          position_ids=(mask.sum(-1, keepdim=True) - 1))
         T0 = batch.input_ids.shape[1]

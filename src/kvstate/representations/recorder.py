@@ -82,7 +82,7 @@ class RepresentationRecorder(Recorder):
     def _add(self, name: str, value: torch.Tensor, tail: bool = False) -> None:
         """value: (B, R, ...) for one layer; layers are concatenated in call order (ascending), and
         ``tail`` parts after all the others (the z of ``Sz/n`` after every layer's S)."""
-        (self._tail if tail else self._acc).setdefault(name, []).append(value.detach().float().flatten(2).cpu())
+        (self._tail if tail else self._acc).setdefault(name, []).append(value.detach().float().flatten(2))  # on its device
 
     def _view(self, x: torch.Tensor, d: int, is_z: bool = False) -> torch.Tensor:
         """Sketch phi dimensions above d (taylor, wide random features) down to d, per head."""
@@ -215,19 +215,29 @@ class RepresentationRecorder(Recorder):
     def end(self, outputs: Any) -> None:
         b = self.batch
         w = b.weights
-        hs = [h.float().cpu() for h in outputs.hidden_states]  # (L+1) x (B, T, D); layers may sit on several devices
+        hs = outputs.hidden_states  # (L+1) x (B, T, D) in the model's dtype; layers may sit on several devices
+        dev = hs[-1].device
         ends = b.ends
         rows = torch.arange(len(ends))
-        self._add("act-resid-last", torch.stack([torch.cat([hs[l + 1][rows, ends[:, r]] for l in self.layers], -1)
+
+        def at(l: int, r: int) -> torch.Tensor:  # (B, D) float32 on dev: layer l's output at read r
+            h = hs[l + 1]
+            return h[rows.to(h.device), ends[:, r].to(h.device)].float().to(dev)
+
+        def mean_of(l: int, r: int) -> torch.Tensor:
+            h = hs[l + 1]
+            wr = w[:, r].to(h.device)
+            return (torch.einsum("bt,btd->bd", wr, h.float()) / wr.sum(-1, keepdim=True).clamp_min(1)).to(dev)
+
+        self._add("act-resid-last", torch.stack([torch.cat([at(l, r) for l in self.layers], -1)
                                                  for r in range(ends.shape[1])], 1))
-        mean = [torch.cat([torch.einsum("bt,btd->bd", w[:, r], hs[l + 1].float()) / w[:, r].sum(-1, keepdim=True).clamp_min(1)
-                           for l in self.layers], -1) for r in range(ends.shape[1])]
+        mean = [torch.cat([mean_of(l, r) for l in self.layers], -1) for r in range(ends.shape[1])]
         self._add("act-resid-mean", torch.stack(mean, 1))
         if self.s.sweep:
             for l in range(self.num_layers):
-                self._acc[f"sweep-resid/{l}"] = [hs[l + 1][rows, ends[:, -1]][:, None].float().cpu()]
+                self._acc[f"sweep-resid/{l}"] = [at(l, ends.shape[1] - 1)[:, None]]
         self._add("act-llmcheck-hidden", _hidden_logdet(hs, self.layers, w))
-        ppl, ent = _token_stats(outputs.logits.cpu(), b)
+        ppl, ent = _token_stats(outputs.logits, b)  # on the logits' device: no (B, T, vocab) host copy
         self._add("act-ppl", ppl)
         self._add("act-entropy", ent)
         lengths = torch.tensor([[float(e.prompt_len if rd == "prompt_end" else len(e)) for rd in b.reads] for e in b.encoded])
@@ -241,7 +251,9 @@ class RepresentationRecorder(Recorder):
         reads = self.batch.reads
         names, groups = [], {}  # stored names in recording order; (name, (B, D) array) per reducer
         for name, parts in self._acc.items():
-            arr = torch.cat(parts + self._tail.get(name, []), -1).numpy()  # (B, R, D)
+            parts = parts + self._tail.get(name, [])
+            # the item's device-to-host copy: once per name and batch, after every layer's part is in
+            arr = torch.cat([p.to(parts[0].device) for p in parts], -1).cpu().numpy()  # (B, R, D)
             rep = RepName.parse(name)
             for r in range(arr.shape[1]):  # sweep, dS/n and Sz/n entries carry only the last read
                 read = reads[r] if arr.shape[1] == len(reads) else reads[-1]
@@ -301,10 +313,11 @@ def _hidden_logdet(hs, layers: list[int], w: torch.Tensor) -> torch.Tensor:
     layers = [layers[len(layers) // 2]]
     for l in layers:
         h = hs[l + 1].float()
+        wd = w.to(h.device)
         for b in range(B):
             done: list[tuple[torch.Tensor, float]] = []  # (selection, score) of this item's reads so far
             for r in range(R):
-                mask = w[b, r] > 0
+                mask = wd[b, r] > 0
                 same = next((score for m, score in done if torch.equal(m, mask)), None)
                 if same is not None:  # a read with the same tokens (no reply): the same score
                     out[b, r] += same
@@ -331,7 +344,7 @@ def _token_stats(logits: torch.Tensor, b: Batch) -> tuple[torch.Tensor, torch.Te
     ids = b.input_ids.to(logits.device)
     w = b.weights[:, :, 1:].to(logits.device)  # the predicted token (t + 1) must be selected
     denom = w.sum(-1).clamp_min(1)
-    nll = torch.zeros(w.shape[0], w.shape[-1])
+    nll = torch.zeros(w.shape[0], w.shape[-1], device=logits.device)
     ent = torch.zeros_like(nll)
     for i in range(logits.shape[0]):
         logp = torch.log_softmax(logits[i, :-1].float(), -1)

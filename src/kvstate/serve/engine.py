@@ -181,7 +181,7 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
     rows = [RowState(lm.tokenizer, r["max_tokens"], r["prompt_tokens"], eos, thr, stop, B) for r in requests]
 
     def on_step(step: int, token_ids: torch.Tensor, scores: np.ndarray | None) -> None:
-        ids = token_ids.tolist()
+        ids = token_ids.tolist()  # the step's device-to-host copy: the new tokens go to the client
         emit([row.step(step, int(ids[i]), None if scores is None else float(scores[i])) for i, row in enumerate(rows)])
 
     prompts = [r["messages"] for r in requests]
@@ -193,7 +193,7 @@ def run_batch(lm: LoadedModel, spec: MonitorSpec, detector, requests: Sequence[d
             raise ValueError("live monitor was built for another detector, every or stop; build it from this spec, "
                              "detector, every and stop")
         mon.on_step = on_step
-        mon.generate(prompts, max_new_tokens=longest)
+        mon.generate(prompts, max_new_tokens=longest, final_state=False)  # only the per-step scores are served
     else:
         _plain_generate(lm, prompts, longest, on_step)
     emit([[] if row.ended else [row.end("length")] for row in rows])  # generation may end before a row's own limit

@@ -48,17 +48,16 @@ class StateRecorder(Recorder):
         for phi in self.phis:
             phi_l = for_layer(phi, call.layer)  # learned maps are per layer
             S, z, n = parallel_state(k, v, phi_l, w, self.gamma)
-            self._cur[key_name(phi)][call.layer] = (S.cpu(), z.cpu(), n.cpu())
+            self._cur[key_name(phi)][call.layer] = (S, z, n)  # stays on the layer's device until end()
 
     def end(self, outputs: Any) -> None:
         for key, per_layer in self._cur.items():
             missing = [l for l in self.layers if l not in per_layer]
             if missing:
                 raise UnsupportedModelError(f"layers {missing} never called the attention interface; cannot capture them")
-            S = torch.stack([per_layer[l][0] for l in self.layers], dim=2)
-            z = torch.stack([per_layer[l][1] for l in self.layers], dim=2)
-            n = torch.stack([per_layer[l][2] for l in self.layers], dim=2)
-            self.out[key].append((S, z, n))
+            dev = per_layer[self.layers[0]][0].device  # under a device_map the layers sit on several devices
+            S, z, n = (torch.stack([per_layer[l][i].to(dev) for l in self.layers], dim=2) for i in range(3))
+            self.out[key].append((S.cpu(), z.cpu(), n.cpu()))  # the batch's one device-to-host copy per phi
 
 
 def _check_selection(encoded, prompts, span: str, skip_first: int) -> None:
