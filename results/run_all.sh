@@ -27,7 +27,8 @@ case "${1:-all}" in
     keep "request-$m" ;;
   bench-*)  # round 3: public benchmarks, leave-one-source-out, paired verdicts (kvstate benchmark; KVSTATE_DATA=../shared/benchmarks)
     rest="${1#bench-}"; task="${rest%%:*}"; m="${rest#*:}"   # bench-<task>:<model>
-    cap=(--max-per-source 200); [ "$m" = qwen2.5-0.5b ] && cap=(--max-per-source 100); [ "$m" = qwen2.5-1.5b ] && cap=(--max-per-source 60)
+    case "$m:$task" in smollm2-135m:harmful-request) c=200 ;; smollm2-135m:*) c=120 ;; qwen2.5-0.5b:*) c=80 ;; *) c=40 ;; esac
+    cap=(--max-per-source "$c")  # per source and label: what 2 shared CPU cores allowed in one session
     export KVSTATE_DATA="${KVSTATE_DATA:-$(cd .. && pwd)/shared/benchmarks}"
     .venv/bin/kvstate benchmark run -t "$task" -m "$m" "${cap[@]}" -o "runs/results/bench-$task-$m"
     mkdir -p "results/bench-$task-$m"
