@@ -75,6 +75,8 @@ class BenchmarkConfig:
         for name in ("models", "representations", "detectors", "phis"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; name at least one (or leave it out for the default)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16; got {self.dtype!r}")
         if not 0 < self.fpr < 1:
             raise ValueError(f"fpr must be between 0 and 1; got {self.fpr}")
         if not 0 < self.duplicate_threshold <= 1:
