@@ -84,7 +84,7 @@ def main() -> None:
     for task, by_model in runs.items():
         first = next(iter(by_model.values()))
         body = markdown({**first, "models": {}}).splitlines()[1:]  # the protocol text, without the title
-        lines += [f"## {task}", *body]
+        lines += [f"## {task}", *body, ""]
         for model, res in by_model.items():
             lines += model_table(res, model)
     (ROOT / "benchmark.md").write_text("\n".join(lines) + "\n")

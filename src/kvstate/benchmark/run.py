@@ -36,7 +36,7 @@ from ..representations import family
 from ..store import Store, item_content, safe_name, store_settings
 from ..store.chunks import capture_chunk, item_record
 from .config import BenchmarkConfig
-from .tasks import TaskData, TaskSpec, _unit, prepare_task
+from .tasks import TaskData, TaskSpec, prepare_task, unit_hash
 
 __all__ = ["Features", "capture", "choices", "evaluate_choices", "run_benchmark", "select", "task_data"]
 
@@ -223,14 +223,13 @@ def run_model(model: str, data: TaskData, cfg: BenchmarkConfig, out: Path) -> di
     return {"model": lm.name, "layers": list(select_layers(cfg.layers, lm.model.config.num_hidden_layers)),
             "n": {role: len(f.items) for role, f in feats.items()}, "too_long": too_long,
             "train_sources": sorted(set(feats["train"].sources.tolist())),
-            "selection": [{k: v for k, v in r.items()} for r in table], "chosen": {f: (r["representation"], r["detector"])
-                                                                                 for f, r in chosen.items()},
+            "selection": table, "chosen": {f: (r["representation"], r["detector"]) for f, r in chosen.items()},
             **result, "seconds": round(time.time() - t0, 1)}
 
 
-def duplicates_report(data: TaskData) -> dict[str, Any]:
+def duplicates_report(data: TaskData, threshold: float) -> dict[str, Any]:
     """Which pairs of sources (and roles) overlap, and how many calibration / test items were dropped."""
-    return {"threshold_jaccard": None, "pairs_by_source": overlap_report(data.duplicates).to_dict("records"), "dropped": data.dropped,
+    return {"threshold_jaccard": threshold, "pairs_by_source": overlap_report(data.duplicates).to_dict("records"), "dropped": data.dropped,
             "sizes": {role: len(items) for role, items in data.parts.items()}}
 
 
@@ -250,8 +249,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path, task: TaskSpec) -> dict
     if results and results.get("task", {}).get("name") != task.name:
         raise ValueError(f"{path} holds task {results['task'].get('name')!r}, not {task.name!r}; use another -o")
     data = task_data(task, cfg)
-    dup = duplicates_report(data)
-    dup["threshold_jaccard"] = cfg.duplicate_threshold
+    dup = duplicates_report(data, cfg.duplicate_threshold)
     results.update(task={"name": task.name, "description": task.description,
                          "sources": [{"suite": s.suite, "roles": s.roles, "limit": s.limit} for s in task.sources],
                          "tests": [{"name": t.name, "sources": list(t.sources), "anchor": t.anchor} for t in task.tests]},
@@ -280,7 +278,7 @@ def _capped(data: TaskData, k: int, seed: int) -> TaskData:
     for role, items in data.parts.items():
         seen: dict[tuple[str, int], int] = {}
         keep = []
-        for it in sorted(items, key=lambda it: (_unit(seed, it.group), it.id)):
+        for it in sorted(items, key=lambda it: (unit_hash(seed, it.group), it.id)):
             key = (it.source, it.label)
             if seen.get(key, 0) < k:
                 seen[key] = seen.get(key, 0) + 1

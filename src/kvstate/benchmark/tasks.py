@@ -159,14 +159,15 @@ class TaskData:
         return [it for it in self.parts["test"] if it.source in test.sources]
 
 
-def _unit(seed: int, key: str) -> float:
+def unit_hash(seed: int, key: str) -> float:
+    """A seeded, uniform number in [0, 1) for ``key``: the order in which groups are split and capped."""
     h = hashlib.sha256(f"kvstate-benchmark:{seed}:{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
 def _split(items: list[Item], spec: SourceSpec, seed: int) -> dict[str, list[Item]]:
     items = [it for it in items if it.label in spec.labels]
-    groups = sorted({it.group for it in items}, key=lambda g: _unit(seed, f"{spec.suite}/{g}"))
+    groups = sorted({it.group for it in items}, key=lambda g: unit_hash(seed, f"{spec.suite}/{g}"))
     if spec.limit is not None:  # whole groups, in hash order, until the cap
         keep, n = set(), 0
         sizes = pd.Series([it.group for it in items]).value_counts().to_dict()
