@@ -25,8 +25,9 @@ def _cell(f: dict[str, Any] | None) -> str:
 def _paired(p: dict[str, Any] | None) -> str:
     if not p:
         return "–"
+    below = " (both below chance: a flipped direction, not a detector)" if max(p["auroc_a"], p["auroc_b"]) < 0.5 else ""
     return (f"{p['delta']:+.3f} [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}], p={p['p']:.2g}, "
-            f"detectable ≥{p['min_detectable']:.3f}: **{p['verdict']}**")
+            f"detectable ≥{p['min_detectable']:.3f}: **{p['verdict']}**{below}")
 
 
 def model_table(res: dict[str, Any], model: str) -> list[str]:
