@@ -50,8 +50,8 @@ def figure(runs: dict[str, dict[str, dict]], path: Path) -> None:
                         mfc=color if v != "unresolved" else "none", ms=7)
                 ax.annotate(name, (f["kv-state"]["auroc"], f["activation"]["auroc"]), fontsize=6, xytext=(3, 2),
                             textcoords="offset points")
-        ax.plot([0.3, 1], [0.3, 1], "k:", lw=0.7)
-        ax.set(xlim=(0.3, 1.0), ylim=(0.3, 1.0), xlabel="KV state: test AUROC", ylabel="activations: test AUROC", title=task)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.7)
+        ax.set(xlim=(0.0, 1.0), ylim=(0.0, 1.0), xlabel="KV state: test AUROC", ylabel="activations: test AUROC", title=task)
     handles = [plt.Line2D([], [], marker=markers[m], ls="", color="k", mfc="none", label=m) for m in MODELS]
     handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=f"paired: {v}") for v, c in
                 (("better", "tab:blue"), ("worse", "tab:orange"), ("equivalent", "tab:green"), ("unresolved", "tab:gray"))]
