@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-__all__ = ["block_slices", "oof_block_scores", "oof_splits"]
+__all__ = ["block_slices", "compose_affine", "oof_block_scores", "oof_splits", "refit_blocks", "standardise_scores"]
 
 #: (X_block, y) -> (coef (w,), intercept): one first-stage fit; its score is X_block @ coef + intercept.
 BlockFit = Callable[[NDArray[np.float64], NDArray[np.int64]], tuple[NDArray[np.float64], float]]
@@ -71,3 +71,27 @@ def oof_block_scores(Xs: NDArray[np.float64], y: NDArray[np.int64], slices: list
     if np.isnan(Z).any():
         raise ValueError("the folds left some items without an out-of-fold score")  # a splitter bug, not user input
     return Z
+
+
+def standardise_scores(Z: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-block mean and sd (1 where a block's scores are constant) of out-of-fold scores ``Z``."""
+    sd = Z.std(axis=0)
+    return Z.mean(axis=0), np.where(sd > 0, sd, 1.0)
+
+
+def refit_blocks(Xs: NDArray[np.float64], y: NDArray[np.int64], slices: list[slice],
+                 fit_block: BlockFit) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Each block's first-stage model refitted on all items: coefficients side by side, and intercepts."""
+    coef, intercept = np.empty(Xs.shape[1]), np.empty(len(slices))
+    for b, sl in enumerate(slices):
+        coef[sl], intercept[b] = fit_block(Xs[:, sl], y)
+    return coef, intercept
+
+
+def compose_affine(block_coef: NDArray[np.float64], block_intercept: NDArray[np.float64], mean: NDArray[np.float64],
+                   scale: NDArray[np.float64], weights: NDArray[np.float64], bias: float,
+                   slices: list[slice]) -> tuple[NDArray[np.float64], float]:
+    """``sum_b w_b (s_b(x) - m_b) / sd_b + bias`` with affine block scores ``s_b``, as one (coef, intercept)."""
+    k = weights / scale  # per-block factor on the raw block score
+    coef = block_coef * np.repeat(k, [sl.stop - sl.start for sl in slices])
+    return coef, float(bias + k @ (block_intercept - mean))

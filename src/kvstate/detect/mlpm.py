@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval
 
-from ._blocks import block_slices, oof_block_scores, oof_splits
+from ._blocks import block_slices, compose_affine, oof_block_scores, oof_splits, refit_blocks, standardise_scores
 from .base import BaseDetector
 from .lpm import lpm_direction
 
@@ -121,17 +121,11 @@ class MLPMDetector(BaseDetector):
     def _fit(self, Xs: NDArray[np.float64], y: NDArray[np.int64] | None, groups: ArrayLike | None = None) -> None:
         slices = block_slices(Xs.shape[1], self.n_blocks)
         Z = oof_block_scores(Xs, y, slices, oof_splits(y, groups, self.n_splits, self.random_state), _lpm_block)
-        self.block_mean_ = Z.mean(axis=0)
-        sd = Z.std(axis=0)
-        self.block_scale_ = np.where(sd > 0, sd, 1.0)
+        self.block_mean_, self.block_scale_ = standardise_scores(Z)
         self.weights_, a0 = nonneg_logistic((Z - self.block_mean_) / self.block_scale_, y, self.alpha)
-        self.block_coef_ = np.empty(Xs.shape[1])
-        self.block_intercept_ = np.empty(len(slices))
-        for b, sl in enumerate(slices):
-            self.block_coef_[sl], self.block_intercept_[b] = _lpm_block(Xs[:, sl], y)
-        k = self.weights_ / self.block_scale_  # per-block factor on the raw block score
-        self.coef_ = self.block_coef_ * np.repeat(k, Xs.shape[1] // len(slices))
-        self.intercept_ = float(a0 + k @ (self.block_intercept_ - self.block_mean_))
+        self.block_coef_, self.block_intercept_ = refit_blocks(Xs, y, slices, _lpm_block)
+        self.coef_, self.intercept_ = compose_affine(self.block_coef_, self.block_intercept_, self.block_mean_,
+                                                     self.block_scale_, self.weights_, a0, slices)
 
     def _score(self, Xs: NDArray[np.float64]) -> NDArray[np.float64]:
         return Xs @ self.coef_ + self.intercept_

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._blocks import block_slices, oof_block_scores, oof_splits
+from ._blocks import block_slices, compose_affine, oof_block_scores, oof_splits, refit_blocks, standardise_scores
 from .base import BaseDetector
 
 __all__ = ["StackDetector"]
@@ -107,20 +107,14 @@ class StackDetector(BaseDetector):
     def _fit(self, Xs: NDArray[np.float64], y: NDArray[np.int64] | None, groups: ArrayLike | None = None) -> None:
         slices = block_slices(Xs.shape[1], self.n_blocks)
         Z = oof_block_scores(Xs, y, slices, oof_splits(y, groups, self.n_splits, self.random_state), self._first_stage)
-        self.block_mean_ = Z.mean(axis=0)
-        sd = Z.std(axis=0)
-        self.block_scale_ = np.where(sd > 0, sd, 1.0)
+        self.block_mean_, self.block_scale_ = standardise_scores(Z)
         final = LogisticRegression(C=self.final_C, class_weight=self.class_weight, max_iter=self.max_iter,
                                    random_state=self.random_state).fit((Z - self.block_mean_) / self.block_scale_, y)
         self.stack_coef_ = final.coef_[0].astype(np.float64)
         self.stack_intercept_ = float(final.intercept_[0])
-        self.block_coef_ = np.empty(Xs.shape[1])
-        self.block_intercept_ = np.empty(len(slices))
-        for b, sl in enumerate(slices):
-            self.block_coef_[sl], self.block_intercept_[b] = self._first_stage(Xs[:, sl], y)
-        k = self.stack_coef_ / self.block_scale_  # per-block factor on the raw block score
-        self.coef_ = self.block_coef_ * np.repeat(k, Xs.shape[1] // len(slices))
-        self.intercept_ = float(self.stack_intercept_ + k @ (self.block_intercept_ - self.block_mean_))
+        self.block_coef_, self.block_intercept_ = refit_blocks(Xs, y, slices, self._first_stage)
+        self.coef_, self.intercept_ = compose_affine(self.block_coef_, self.block_intercept_, self.block_mean_,
+                                                     self.block_scale_, self.stack_coef_, self.stack_intercept_, slices)
 
     def _score(self, Xs: NDArray[np.float64]) -> NDArray[np.float64]:
         return Xs @ self.coef_ + self.intercept_
