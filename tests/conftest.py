@@ -100,6 +100,17 @@ def tiny_model_folder(folder, arch: str = "llama"):
     return folder
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails: for checks that must refuse bad input before loading one."""
+    import transformers
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded: the case must fail before")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param

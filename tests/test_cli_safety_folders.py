@@ -40,16 +40,6 @@ def _one_line_exit_2(res) -> str:
     return err
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    import transformers
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded: the case must fail before")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 # ------------------------------------------------------------------ folders handed in (items 5, 10, 11)
 
 def _doc(key, value):

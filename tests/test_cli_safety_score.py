@@ -53,16 +53,6 @@ def env(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    import transformers
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded: the case must fail before")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 def one_line(res, *needles: str) -> str:
     err = res.stderr.strip()
     assert res.exit_code == 2, (res.exit_code, res.output, repr(res.exception))
