@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from .._io import read_json, write_json
-from ..capture import as_prompt, encode, select_layers
+from ..capture import select_layers
+from ..capture.tokens import fit_context
 from ..data import Item
 from ..data.dedup import overlap_report
 from ..detect import get_detector, make_detector, threshold_for_fpr
@@ -68,10 +69,6 @@ class Features:
         return Features([self.items[i] for i in idx], {k: v[idx] for k, v in self.X.items()}, self.n_tokens[idx])
 
 
-def _fits(lm: LoadedModel, items: list[Item], max_tokens: int) -> list[Item]:
-    return [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
-
-
 def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path,
             reads: tuple[str, ...] = ("end",)) -> tuple[dict[str, Features], dict[str, int]]:
     """Every role's items through one forward pass each, into ``out/store/<model>/<source>``; returns
@@ -93,9 +90,9 @@ def capture(lm: LoadedModel, data: TaskData, cfg: BenchmarkConfig, out: Path,
         for it in role_items:
             by_source.setdefault(it.source, []).append(it)
     for source, items in sorted(by_source.items()):
-        fitting = _fits(lm, items, cfg.max_tokens)
-        if len(fitting) < len(items):
-            too_long[source] = len(items) - len(fitting)
+        fitting, dropped = fit_context(lm, items, cfg.max_tokens)
+        if dropped:
+            too_long[source] = dropped
         store = Store.open(out / "store" / safe_name(lm.name) / safe_name(source), store_settings(lm.name, lm.dtype, settings))
         keys = [store.key(lm.name, it.id, item_content(it)) for it in fitting]
         todo = store.missing(keys)

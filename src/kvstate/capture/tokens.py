@@ -130,3 +130,10 @@ def encode(tokenizer, prompt: Prompt, chat: bool | None = None) -> Encoded:
     # tokens starting before the response (special tokens have offset (0, 0)) belong to the prompt
     prompt_len = sum(1 for (s, e), lab in zip(offsets, labels) if lab != "response" and s < resp_start)
     return Encoded(list(ids), max(prompt_len, 1), labels, full)
+
+
+def fit_context(lm, items: list, max_tokens: int) -> tuple[list, int]:
+    """The items (anything :func:`as_prompt` takes) whose prompt + reply fit ``max_tokens`` tokens
+    of ``lm``'s tokenizer, and how many were dropped."""
+    keep = [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
+    return keep, len(items) - len(keep)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from .._io import read_json, write_json
 from ..capture.generate import generate_replies
-from ..capture.tokens import as_prompt, encode
-from ..data import Item, Suite, own_replies
+from ..data import Suite, own_replies
 from ..models import LoadedModel
 from ..store import StudyLayout
 from .config import StudyConfig
 from .progress import Stage
 
-__all__ = ["fit_context", "replies"]
+__all__ = ["replies"]
 
 
 def replies(lm: LoadedModel, suite: Suite, layout: StudyLayout, cfg: StudyConfig) -> dict[str, str]:
@@ -41,9 +40,3 @@ def replies(lm: LoadedModel, suite: Suite, layout: StudyLayout, cfg: StudyConfig
             write_json(path, cache, sort_keys=True)
             stage.advance(len(part))
     return cache if ordered else {it.id: cache[it.id] for it in suite.items}
-
-
-def fit_context(lm: LoadedModel, items: list[Item], max_tokens: int) -> tuple[list[Item], int]:
-    """The items whose prompt + reply fit ``max_tokens``, and how many were dropped."""
-    keep = [it for it in items if len(encode(lm.tokenizer, as_prompt(it))) <= max_tokens]
-    return keep, len(items) - len(keep)

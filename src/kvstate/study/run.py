@@ -23,6 +23,7 @@ import torch
 from .._io import read_json, write_json
 from .._version import __version__
 from ..capture import check_layers, select_layers
+from ..capture.tokens import fit_context
 from ..data import Suite, load_suite
 from ..models import LoadedModel, check_model_folder, load_model, model_layers, resolve
 from ..report import write_report
@@ -33,7 +34,7 @@ from .capture import capture_suite
 from .config import EVALUATION_SETTINGS, StudyConfig, check_monitor
 from .evaluate import TooFewGroups, best, check_groups, evaluate_task
 from .fidelity import learned_phi, phi_fidelity, reference_query_file
-from .generate import fit_context, replies
+from .generate import replies
 from .monitor import evaluate_monitor
 from .progress import log
 from .transfer import cross_suite, heldout_transfer
